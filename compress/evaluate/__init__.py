@@ -1,0 +1,5 @@
+"""Quality measurement: perplexity / bits per byte, and lm-evaluation-harness tasks."""
+
+from compress.evaluate.perplexity import PerplexityResult, perplexity
+
+__all__ = ["PerplexityResult", "perplexity"]

@@ -1,0 +1,119 @@
+"""`quantize(model, config, output)`: one verb for every method.
+
+Flow: resolve MODEL → (GGUF: convert once) → calibration blocks from the data spec's training
+split → method backend writes a checkpoint into a temporary directory → reload that checkpoint
+the way users will (plain `from_pretrained`) and measure perplexity on the data spec's held-out
+split → write `compress.json` → rename into place.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from compress import runtime
+from compress.artifacts import ArtifactMeta, SourceInfo, atomic_dir, check_output, dir_size_bytes, now_iso, write_meta
+from compress.data import load_texts, split_heldout, token_blocks
+from compress.errors import CompressError
+from compress.models import ModelRef, checkpoint_dir, fingerprint, load_causal_lm, load_tokenizer, read_config, resolve
+from compress.quantize.config import Method, QuantizeConfig, make_config
+
+__all__ = ["QuantizeConfig", "QuantizeResult", "make_config", "quantize", "quality_check"]
+
+QUALITY_TOKENS = 1024  # held-out tokens for the quick quality figure: a sanity check, not a benchmark
+QUALITY_CONTEXT = 512
+
+
+@dataclass
+class QuantizeResult:
+    output: str
+    method: str
+    bits: int
+    group_size: int | None
+    size_bytes: int
+    time_s: float
+    perplexity: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: bool = False,
+             device: str | None = None, measure_quality: bool = True) -> QuantizeResult:
+    output = Path(output)
+    check_output(output, overwrite)
+    device = device or runtime.default_device()
+    ref = resolve(model)
+    src = checkpoint_dir(ref)
+    _check_quantizable(ref, src)
+    tokenizer = load_tokenizer(ref)
+    train_texts, heldout_texts = split_heldout(load_texts(cfg.calib))
+    calib_ids = None
+    if cfg.uses_calibration:
+        calib_ids = token_blocks(tokenizer, train_texts, cfg.calib_samples, cfg.calib_seqlen, cfg.seed,
+                                 source="calibration data")
+    source_dtype = _source_dtype(ref)
+    t0 = time.perf_counter()
+    with atomic_dir(output, overwrite) as tmp:
+        if cfg.method in (Method.gptq.value, Method.rtn.value):
+            from compress.quantize.gptq import quantize_gptq
+
+            extra = quantize_gptq(src, cfg, calib_ids, tmp, device, source_dtype)
+        else:
+            from compress.quantize.int8 import quantize_int8
+
+            extra = quantize_int8(src, cfg, tmp, device)
+        tokenizer.save_pretrained(str(tmp))
+        elapsed = time.perf_counter() - t0
+        ppl = quality_check(str(tmp), heldout_texts, device) if measure_quality else None
+        resolved = cfg.model_dump(mode="json") | {"backend": _jsonable(extra), "device": device}
+        metrics = {"heldout_perplexity": ppl, "heldout_tokens": QUALITY_TOKENS} if ppl is not None else {}
+        write_meta(tmp, ArtifactMeta(
+            kind="quantized", method=cfg.method,
+            source=SourceInfo(spec=ref.spec, kind=ref.kind, sha256=fingerprint(ref)),
+            config=resolved, versions=runtime.library_versions(), time_taken_s=round(elapsed, 3),
+            created_at=now_iso(), metrics=metrics,
+        ))
+        size = dir_size_bytes(tmp, "*.safetensors")
+    return QuantizeResult(str(output), cfg.method, cfg.bits, cfg.group_size if cfg.method in ("gptq", "rtn") else None,
+                          size, round(elapsed, 2), ppl)
+
+
+def quality_check(model_dir: str, texts: list[str], device: str) -> float:
+    """Perplexity of a checkpoint on held-out text, loaded exactly as a user would load it."""
+    from compress.evaluate.perplexity import perplexity
+
+    model = load_causal_lm(model_dir, device=device)
+    tok = load_tokenizer(model_dir)
+    return round(perplexity(model, tok, texts, context_len=QUALITY_CONTEXT, max_tokens=QUALITY_TOKENS).perplexity, 4)
+
+
+def _check_quantizable(ref: ModelRef, src: str) -> None:
+    """Fail before any work when the model has no Linear layers outside the LM head."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(src)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # noqa: BLE001
+        msg = (str(e).strip() or type(e).__name__).splitlines()[0][:300]
+        raise CompressError(f"{ref.spec} is not a causal LM that transformers can build: {msg}") from e
+    head = skeleton.get_output_embeddings()
+    linears = [n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    if not linears:
+        raise CompressError(f"{ref.spec} has no Linear layers to quantize (outside the LM head)")
+
+
+def _source_dtype(ref: ModelRef) -> str:
+    config = read_config(ref)
+    name = config.get("dtype") or config.get("torch_dtype") or "bfloat16"
+    return name if name in ("bfloat16", "float16", "float32") else "bfloat16"
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
