@@ -11,7 +11,7 @@ from rich.console import Console
 from compress import runtime
 from compress.data import load_texts, split_heldout
 from compress.errors import CompressError
-from compress.models import checkpoint_dir, resolve
+from compress.models import checkpoint_dir, load_causal_lm, load_tokenizer, resolve
 from compress.quantize import QuantizeResult, make_config, quality_check, quantize
 from compress.quantize.report import results_table
 from compress.testing import smollm2_gguf
@@ -32,8 +32,8 @@ def main() -> None:
     base_dir = checkpoint_dir(resolve(str(gguf)))  # GGUF → plain bf16 checkpoint, cached
     _, heldout = split_heldout(load_texts())
     base_size = sum(f.stat().st_size for f in Path(base_dir).glob("*.safetensors"))
-    results = [QuantizeResult(base_dir, "bf16 (source)", 16, None, base_size, 0.0,
-                              quality_check(base_dir, heldout, device))]
+    base_ppl = quality_check(load_causal_lm(base_dir, device=device), heldout, load_tokenizer(base_dir))
+    results = [QuantizeResult(base_dir, "bf16 (source)", 16, None, base_size, 0.0, base_ppl)]
     plans = [
         dict(method="int8"), dict(method="int8-wo"),
         dict(method="rtn", bits=4, group_size=128),

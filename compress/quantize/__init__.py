@@ -20,12 +20,17 @@ from compress.artifacts import ArtifactMeta, SourceInfo, atomic_dir, check_outpu
 from compress.data import load_texts, split_heldout, token_blocks
 from compress.errors import CompressError
 from compress.models import ModelRef, checkpoint_dir, fingerprint, load_causal_lm, load_tokenizer, read_config, resolve
+from compress.quantize import verify
 from compress.quantize.config import Method, QuantizeConfig, make_config
 
 __all__ = ["QuantizeConfig", "QuantizeResult", "make_config", "quantize", "quality_check"]
 
 QUALITY_TOKENS = 1024  # held-out tokens for the quick quality figure: a sanity check, not a benchmark
 QUALITY_CONTEXT = 512
+# Reloaded logits may differ from the reference by kernel arithmetic only: gptqmodel's fast CPU int4
+# kernel computes in bf16 (0.5% of the logit scale seen on a tiny model). A v1/v2 zero-point mix-up
+# shifts every weight by a whole quantization step, far above this (tests check both sides).
+ROUNDTRIP_TOLERANCE = 0.02
 
 
 @dataclass
@@ -59,19 +64,29 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
     source_dtype = _source_dtype(ref)
     t0 = time.perf_counter()
     with atomic_dir(output, overwrite) as tmp:
+        probe = verify.probe_ids(tokenizer)
         if cfg.method in (Method.gptq.value, Method.rtn.value):
             from compress.quantize.gptq import quantize_gptq
 
             extra = quantize_gptq(src, cfg, calib_ids, tmp, device, source_dtype)
+            reference = verify.logits(verify.dequantized_reference(tmp), probe)
         else:
             from compress.quantize.int8 import quantize_int8
 
-            extra = quantize_int8(src, cfg, tmp, device)
+            extra, reference = quantize_int8(src, cfg, tmp, device, probe)
         tokenizer.save_pretrained(str(tmp))
         elapsed = time.perf_counter() - t0
-        ppl = quality_check(str(tmp), heldout_texts, device) if measure_quality else None
+        reloaded = load_causal_lm(str(tmp), device=device)
+        err = verify.relative_error(verify.logits(reloaded, probe), reference)
+        if err > ROUNDTRIP_TOLERANCE:
+            raise CompressError(f"the saved {cfg.method} checkpoint does not reload to the quantized model "
+                                f"(max logit difference {err:.2%} of the logit scale); nothing was written")
+        ppl = quality_check(reloaded, heldout_texts, tokenizer) if measure_quality else None
+        del reloaded
         resolved = cfg.model_dump(mode="json") | {"backend": _jsonable(extra), "device": device}
-        metrics = {"heldout_perplexity": ppl, "heldout_tokens": QUALITY_TOKENS} if ppl is not None else {}
+        metrics = {"roundtrip_max_rel_logit_error": err}
+        if ppl is not None:
+            metrics |= {"heldout_perplexity": ppl, "heldout_tokens": QUALITY_TOKENS}
         write_meta(tmp, ArtifactMeta(
             kind="quantized", method=cfg.method,
             source=SourceInfo(spec=ref.spec, kind=ref.kind, sha256=fingerprint(ref)),
@@ -83,13 +98,11 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
                           size, round(elapsed, 2), ppl)
 
 
-def quality_check(model_dir: str, texts: list[str], device: str) -> float:
-    """Perplexity of a checkpoint on held-out text, loaded exactly as a user would load it."""
+def quality_check(model, texts: list[str], tokenizer) -> float:
+    """Quick perplexity on held-out text: a sanity figure printed with each result, not a benchmark."""
     from compress.evaluate.perplexity import perplexity
 
-    model = load_causal_lm(model_dir, device=device)
-    tok = load_tokenizer(model_dir)
-    return round(perplexity(model, tok, texts, context_len=QUALITY_CONTEXT, max_tokens=QUALITY_TOKENS).perplexity, 4)
+    return round(perplexity(model, tokenizer, texts, context_len=QUALITY_CONTEXT, max_tokens=QUALITY_TOKENS).perplexity, 4)
 
 
 def _check_quantizable(ref: ModelRef, src: str) -> None:

@@ -27,8 +27,11 @@ def quantization_config(cfg: QuantizeConfig):
     return TorchAoConfig(Int8WeightOnlyConfig()), torch.bfloat16
 
 
-def quantize_int8(src: str, cfg: QuantizeConfig, out: Path, device: str) -> dict:
+def quantize_int8(src: str, cfg: QuantizeConfig, out: Path, device: str, probe: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """Quantize at load time, save to `out`; return resolved settings and the in-memory model's probe logits."""
     from transformers import AutoModelForCausalLM
+
+    from compress.quantize.verify import logits
 
     qconfig, dtype = quantization_config(cfg)
     try:
@@ -36,6 +39,7 @@ def quantize_int8(src: str, cfg: QuantizeConfig, out: Path, device: str) -> dict
     except Exception as e:  # noqa: BLE001
         msg = (str(e).strip() or type(e).__name__).splitlines()[0][:300]
         raise CompressError(f"cannot quantize {src} with {cfg.method}: {msg}") from e
+    reference = logits(model.eval(), probe)
     model.save_pretrained(str(out))
-    return {"transformers_quantization_config": qconfig.to_dict() if hasattr(qconfig, "to_dict") else str(qconfig),
-            "activation_dtype": str(dtype).removeprefix("torch.")}
+    return {"transformers_quantization_config": qconfig.to_dict(),
+            "activation_dtype": str(dtype).removeprefix("torch.")}, reference
