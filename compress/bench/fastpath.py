@@ -1,0 +1,143 @@
+"""The one place that decides how a model decodes in a benchmark: the fastest path each backend offers.
+
+Eager `generate` with a dynamic KV cache mostly measures Python and kernel-launch overhead, which hides
+what int4/int8 kernels buy (optimum's own GPTQ benchmark shows int4 no faster than fp16 that way). So:
+
+| device | checkpoint | load | decode |
+|---|---|---|---|
+| cuda | dense (bf16) | transformers | static KV cache + torch.compile "reduce-overhead" (CUDA graphs) |
+| cuda | GPTQ | `GPTQModel.load(backend=MARLIN)`, TRITON when a layer's K is not a multiple of the group size | static cache + CUDA graphs |
+| cuda | torchao int8-wo | transformers (bf16 activations) | static cache + CUDA graphs (torchao's kernels are written for compile) |
+| cuda | bitsandbytes int8 | transformers (fp16 activations) | static cache, eager (bnb's quantizer declares itself not compileable) |
+| cpu | any | `load_causal_lm` | eager, dynamic cache: inductor on CPU compiles for minutes per shape and needs a C++ toolchain |
+
+`compile="on"|"off"` overrides the automatic choice. If the compiled path fails during warm-up, the bench
+falls back to eager and records why. Every choice is written into the result (`decode_path`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from compress import runtime
+from compress.models import ModelRef, checkpoint_dir, load_causal_lm, load_dtype, quant_method, read_config
+
+
+@dataclass
+class DecodePath:
+    device: str
+    dtype: str
+    loader: str  # transformers | gptqmodel
+    backend: str | None  # quantization kernel family requested (marlin, triton, ...), None for dense
+    cache: str  # static | dynamic
+    compile: bool  # torch.compile of the decode step requested
+    compile_mode: str | None
+    compiled: bool = False  # what actually ran (set after warm-up)
+    kernels: dict[str, int] = field(default_factory=dict)  # linear-layer class → count
+    fallback: str | None = None  # why the compiled path was abandoned, if it was
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_for_decode(ref: ModelRef, device: str, compile: str = "auto"):
+    """(model, tokenizer-free DecodePath) for the fastest decode path of `ref` on `device`."""
+    method = quant_method(ref)
+    on_cuda = device.startswith("cuda")
+    dtype = load_dtype(ref, device)
+    loader, backend = "transformers", None
+    if on_cuda and method == "gptq":
+        model, backend = _load_gptq_cuda(ref, device)
+        loader = "gptqmodel"
+    else:
+        model = load_causal_lm(ref, device=device, dtype=dtype)
+        if method == "gptq":
+            backend = "torch (gptqmodel, eager dequant)"
+        elif method == "bitsandbytes":
+            backend = "bitsandbytes int8"
+        elif method == "torchao":
+            backend = "torchao int8 weight-only"
+    want_compile = on_cuda and method != "bitsandbytes"
+    if compile == "on":
+        want_compile = True
+    elif compile == "off":
+        want_compile = False
+    use_static = on_cuda or want_compile
+    gc = model.generation_config
+    if use_static:
+        gc.cache_implementation = "static"
+    if want_compile:
+        from transformers import CompileConfig
+
+        # reduce-overhead = CUDA graphs on the decode step; fullgraph off so kernels that break the graph
+        # (custom quantized ops) still run, in pieces, rather than failing.
+        gc.compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead" if on_cuda else "default")
+        if not on_cuda:
+            gc.compile_config._compile_all_devices = True
+    else:
+        gc.disable_compile = True
+    path = DecodePath(
+        device=device, dtype=str(next(model.parameters()).dtype).removeprefix("torch."), loader=loader,
+        backend=backend, cache="static" if use_static else "dynamic", compile=want_compile,
+        compile_mode=gc.compile_config.mode if want_compile else None, kernels=linear_kernels(model),
+    )
+    return model, path
+
+
+def to_eager(model, path: DecodePath, reason: str) -> None:
+    """Abandon the compiled path (after a failure in warm-up) and record why."""
+    model.generation_config.disable_compile = True
+    model.generation_config.compile_config = None
+    path.compile, path.compile_mode, path.fallback = False, None, reason[:300]
+    torch._dynamo.reset()
+
+
+def mark_compiled(model, path: DecodePath) -> None:
+    path.compiled = getattr(model, "_compiled_call", None) is not None and not model.generation_config.disable_compile
+
+
+def linear_kernels(model) -> dict[str, int]:
+    """Which class implements each Linear-like layer (names the int4/int8 kernel actually used)."""
+    counts: Counter[str] = Counter()
+    for module in model.modules():
+        name = type(module).__name__
+        if isinstance(module, torch.nn.Linear) or "Linear" in name or hasattr(module, "qweight"):
+            counts[name] += 1
+    return dict(counts)
+
+
+def _gptq_backend(ref: ModelRef) -> str:
+    """Marlin when every quantized layer's input width is a multiple of the group size, else Triton."""
+    cfg = read_config(ref)
+    group = (cfg.get("quantization_config") or {}).get("group_size", 128)
+    widths = {cfg.get("hidden_size"), cfg.get("intermediate_size")}
+    if group in (-1, None) or all(w and w % group == 0 for w in widths):
+        return "marlin"
+    return "triton"
+
+
+def _load_gptq_cuda(ref: ModelRef, device: str):
+    from gptqmodel import BACKEND, GPTQModel
+
+    name = _gptq_backend(ref)
+    backend = BACKEND.GPTQ_MARLIN if name == "marlin" else BACKEND.GPTQ_TRITON
+    wrapped = GPTQModel.load(checkpoint_dir(ref), device=device, backend=backend)
+    model = wrapped.model
+    model.eval()
+    return model, name
+
+
+def size_on_disk(ref: ModelRef) -> int | None:
+    if ref.kind == "gguf":
+        return Path(ref.path).stat().st_size
+    if not ref.is_local:
+        return None
+    return sum(f.stat().st_size for f in Path(ref.path).glob("*") if f.suffix in (".safetensors", ".bin"))
+
+
+def default_device() -> str:
+    return runtime.default_device()
