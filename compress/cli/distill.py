@@ -50,16 +50,15 @@ def distill(
     from compress.distill import distill as run
     from compress.distill import make_config
 
-    extra = {} if max_steps is None and max_time is not None else {"max_steps": max_steps or 1000}
-    if max_steps is None and max_time is not None:
-        extra["max_steps"] = None
+    if max_steps is None and max_time is None:
+        max_steps = 1000
     cfg = make_config(
         teacher=teacher, output=str(output), student=student, student_layers=student_layers,
         student_intermediate_size=student_intermediate_size, data=data or ["builtin"], loss=loss.value, beta=beta,
         temperature=temperature, ce_weight=ce_weight, top_k=top_k, max_time=max_time, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every,
         save_every=save_every, grad_checkpointing=grad_checkpointing, num_processes=num_processes, resume=resume,
-        overwrite=overwrite, seed=seed, device=device, **extra,
+        overwrite=overwrite, seed=seed, device=device, max_steps=max_steps,
     )
     result = run(cfg)
     m = result.metrics
