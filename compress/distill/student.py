@@ -23,7 +23,7 @@ def kept_layers(n_teacher: int, n_student: int) -> list[int]:
         raise CompressError(f"--student-layers {n_student} is more than the teacher's {n_teacher} layers")
     if n_student == 1:
         return [n_teacher - 1]
-    return sorted({round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)})
+    return sorted({int(i * (n_teacher - 1) / (n_student - 1) + 0.5) for i in range(n_student)})  # half-up
 
 
 def _decoder_layers(model):
