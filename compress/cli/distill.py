@@ -37,6 +37,7 @@ def distill(
     grad_accum: Annotated[int, typer.Option(help="Micro-steps per optimizer step.")] = 1,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-4,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps before the cosine decay.")] = 20,
+    eval_tokens: Annotated[int, typer.Option(help="Held-out tokens scored per validation.")] = 32768,
     eval_every: Annotated[int, typer.Option(help="Validate every N steps (0: only at start and end).")] = 0,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never) into OUTPUT.checkpoints.")] = 0,
     grad_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward to save memory.")] = False,
@@ -56,7 +57,7 @@ def distill(
         teacher=teacher, output=str(output), student=student, student_layers=student_layers,
         student_intermediate_size=student_intermediate_size, data=data or ["builtin"], loss=loss.value, beta=beta,
         temperature=temperature, ce_weight=ce_weight, top_k=top_k, max_time=max_time, seq_len=seq_len,
-        batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_tokens=eval_tokens,
         save_every=save_every, grad_checkpointing=grad_checkpointing, num_processes=num_processes, resume=resume,
         overwrite=overwrite, seed=seed, device=device, max_steps=max_steps,
     )

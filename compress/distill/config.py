@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from compress.errors import CompressError
 
 # Fields that do not change the training trajectory: a run may be resumed with different values.
-_NOT_HASHED = {"output", "checkpoint_dir", "resume", "overwrite", "eval_every", "save_every", "max_time",
-               "progress", "device"}
+NOT_HASHED = {"output", "checkpoint_dir", "resume", "overwrite", "eval_every", "eval_tokens", "save_every",
+              "max_time", "progress", "device"}
 
 
 class DistillConfig(BaseModel):
@@ -76,7 +76,7 @@ class DistillConfig(BaseModel):
 
     def run_hash(self) -> str:
         """Identifies the trajectory: everything that changes which weights a step produces."""
-        fields = {k: v for k, v in self.model_dump().items() if k not in _NOT_HASHED}
+        fields = {k: v for k, v in self.model_dump().items() if k not in NOT_HASHED}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

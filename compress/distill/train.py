@@ -31,7 +31,7 @@ import torch
 
 from compress import models, runtime
 from compress.artifacts import ArtifactMeta, SourceInfo, atomic_dir, check_output, now_iso, write_meta
-from compress.distill.config import DistillConfig
+from compress.distill.config import NOT_HASHED, DistillConfig
 from compress.distill.losses import distill_loss
 from compress.distill.packing import DistillData, batch_indices, load_data
 from compress.distill.student import check_not_larger, count_params, derive_student, load_student
@@ -89,8 +89,7 @@ def prepare_checkpoint_dir(cfg: DistillConfig) -> Path | None:
 
 def _changed(old: dict, cfg: DistillConfig) -> str:
     new = cfg.model_dump()
-    keys = [k for k in new if k in old and old[k] != new[k] and k not in
-            {"output", "checkpoint_dir", "resume", "overwrite", "eval_every", "save_every", "max_time", "progress", "device"}]
+    keys = [k for k in new if k in old and old[k] != new[k] and k not in NOT_HASHED]
     return ", ".join(keys) or "unknown"
 
 
