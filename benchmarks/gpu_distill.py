@@ -11,7 +11,7 @@ Two steps:
 
   # 2. on the GPU, one call per mode (each call <= ~8.5 min wall; KD first, then CE-only):
   python benchmarks/gpu_distill.py run --mode kd --teacher /tmp/m/model.gguf \
-      --train .part/distill_train.txt.xz --wikitext wiki.test.tokens --max-time 330 --out $OUT/distill_kd.json
+      --train .part/distill_train.txt.xz --wikitext wiki.test.tokens --max-time 300 --out $OUT/distill_kd.json
   python benchmarks/gpu_distill.py run --mode ce ... --out $OUT/distill_ce.json
 
 What a `run` measures (written as JSON to --out): teacher, initial (truncated, untrained) student and
@@ -37,6 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# compress.runtime turns Rust tokenizer threads off by default (safe with forking data loaders); this
+# script does not fork, and tokenizing ~31 MB on one thread would take minutes.
+os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
 CORPUS = ["python_docs", "python_stdlib", "linux_docs", "austen5", "mobydick"]
 
@@ -64,13 +67,14 @@ def decode_tok_s(model, tokenizer, new_tokens: int = 128) -> float:
     import torch
 
     ids = tokenizer("The history of the Python programming language", return_tensors="pt").input_ids.to(model.device)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     model.generate(ids, max_new_tokens=8, do_sample=False, min_new_tokens=8)  # warm-up
     times = []
     for _ in range(3):
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t)
         assert out.shape[1] - ids.shape[1] == new_tokens
     return new_tokens / statistics.median(times)
@@ -89,17 +93,20 @@ def run(args) -> None:
     ref = models.resolve(args.teacher)
     models.checkpoint_dir(ref)  # GGUF -> cached bf16 checkpoint (about 35 s once per machine)
     tok = models.load_tokenizer(ref)
-    teacher = models.load_causal_lm(ref, device="cuda", dtype=torch.bfloat16)
+    dev = args.device
+    dtype = runtime.compute_dtype(dev)
+    teacher = models.load_causal_lm(ref, device=dev, dtype=dtype)
     wiki = wikitext(args.wikitext)
     ppl = lambda m: perplexity(m, tok, wiki, context_len=1024, max_tokens=args.wiki_tokens).perplexity  # noqa: E731
     res: dict = {"mode": args.mode, "teacher": args.teacher, "student_layers": args.student_layers,
                  "wiki_subset": f"first {args.wiki_tokens} tokens of wiki.test.tokens, 1024-token windows, no overlap"}
     res["teacher_wiki_ppl"] = ppl(teacher)
-    student0 = derive_student(teacher, args.student_layers, None).to("cuda", torch.bfloat16).eval()
+    student0 = derive_student(teacher, args.student_layers, None).to(dev, dtype).eval()
     res["initial_student_wiki_ppl"] = ppl(student0)
     res["teacher_params"], res["student_params"] = count_params(teacher), count_params(student0)
     del student0, teacher
-    torch.cuda.empty_cache()
+    if dev == "cuda":
+        torch.cuda.empty_cache()
     res["setup_s"] = round(time.time() - t0, 1)
 
     out_dir = Path(args.work) / f"student-{args.mode}"
@@ -108,7 +115,7 @@ def run(args) -> None:
         loss=args.loss, temperature=args.temperature, ce_weight=1.0 if args.mode == "ce" else args.ce_weight,
         max_steps=None, max_time=args.max_time, seq_len=args.seq_len, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, eval_tokens=args.eval_tokens,
-        eval_every=0, save_every=0, seed=0, overwrite=True, device="cuda", progress=True,
+        eval_every=0, save_every=0, seed=0, overwrite=True, device=dev, progress=True,
     )
     result = distill(cfg)
     m = result.metrics
@@ -117,8 +124,8 @@ def run(args) -> None:
     res["corpus_heldout"] = {"teacher_ppl": m["teacher_ppl"], "initial_student_ppl": m["initial_student_ppl"],
                              "student_ppl": m["student_ppl"], "tokens": m["heldout_tokens"]}
 
-    teacher = models.load_causal_lm(ref, device="cuda", dtype=torch.bfloat16)
-    student = models.load_causal_lm(str(out_dir), device="cuda", dtype=torch.bfloat16)
+    teacher = models.load_causal_lm(ref, device=dev, dtype=dtype)
+    student = models.load_causal_lm(str(out_dir), device=dev, dtype=dtype)
     res["student_wiki_ppl"] = ppl(student)
     res["student_over_teacher_wiki"] = res["student_wiki_ppl"] / res["teacher_wiki_ppl"]
     res["decode_tok_s"] = {"teacher": decode_tok_s(teacher, tok), "student": decode_tok_s(student, tok)}
@@ -145,7 +152,7 @@ def main() -> None:
     pr.add_argument("--out", required=True)
     pr.add_argument("--work", default="/tmp/distill-bench")
     pr.add_argument("--student-layers", type=int, default=15)
-    pr.add_argument("--max-time", type=float, default=330.0, help="training seconds")
+    pr.add_argument("--max-time", type=float, default=300.0, help="training seconds")
     pr.add_argument("--seq-len", type=int, default=1024)
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--grad-accum", type=int, default=4)
@@ -156,6 +163,7 @@ def main() -> None:
     pr.add_argument("--ce-weight", type=float, default=0.0)
     pr.add_argument("--eval-tokens", type=int, default=262_144)
     pr.add_argument("--wiki-tokens", type=int, default=32_768)
+    pr.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a dry run")
     args = p.parse_args()
     prepare(args) if args.cmd == "prepare" else run(args)
 
