@@ -116,6 +116,7 @@ def run(args) -> None:
         max_steps=None, max_time=args.max_time, seq_len=args.seq_len, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, eval_tokens=args.eval_tokens,
         eval_every=0, save_every=0, seed=0, overwrite=True, device=dev, progress=True,
+        num_processes=args.num_processes,
     )
     result = distill(cfg)
     m = result.metrics
@@ -163,6 +164,8 @@ def main() -> None:
     pr.add_argument("--ce-weight", type=float, default=0.0)
     pr.add_argument("--eval-tokens", type=int, default=262_144)
     pr.add_argument("--wiki-tokens", type=int, default=32_768)
+    pr.add_argument("--num-processes", type=int, default=1,
+                    help="data-parallel GPUs (issue 8); --batch-size is per GPU, so halve it to keep the global batch")
     pr.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a dry run")
     args = p.parse_args()
     prepare(args) if args.cmd == "prepare" else run(args)
