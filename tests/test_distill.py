@@ -50,7 +50,7 @@ def test_short_run_lowers_loss_and_artifact_is_a_model(tmp_path, tiny_model):
     """A few steps of distillation reduce the held-out divergence; the artifact loads and quantizes."""
     out = tmp_path / "student"
     r = distill(_cfg(tiny_model, out, student_layers=1, max_steps=12, lr=3e-3, warmup_steps=2, loss="jsd",
-                     eval_every=6))
+                     top_k=32, grad_checkpointing=True, eval_every=6))
     m = r.metrics
     assert m["heldout_kd"] < 0.8 * m["initial_heldout_kd"]
     assert m["history"][0]["step"] == 6 and m["history"][-1]["heldout_kd"] == pytest.approx(m["heldout_kd"])
@@ -60,7 +60,7 @@ def test_short_run_lowers_loss_and_artifact_is_a_model(tmp_path, tiny_model):
     meta = read_meta(out)
     assert meta.kind == "distilled" and meta.method == "jsd"
     assert meta.source.sha256 == models.fingerprint(models.resolve(str(tiny_model)))
-    assert meta.config["student_layers"] == 1 and meta.metrics["steps"] == 12
+    assert meta.config["student_layers"] == 1 and meta.config["top_k"] == 32 and meta.metrics["steps"] == 12
     assert not Path(f"{out}.checkpoints").exists()
     model = models.load_causal_lm(str(out), device="cpu")
     assert model.config.num_hidden_layers == 1
