@@ -14,6 +14,9 @@ Two steps:
       --train .part/distill_train.txt.xz --wikitext wiki.test.tokens --max-time 300 --out $OUT/distill_kd.json
   python benchmarks/gpu_distill.py run --mode ce ... --out $OUT/distill_ce.json
 
+  # 3. here: draw both
+  python benchmarks/gpu_distill.py plot distill_kd.json distill_ce.json --png benchmarks/results/gpu_distill.png
+
 What a `run` measures (written as JSON to --out): teacher, initial (truncated, untrained) student and
 final student perplexity on the first --wiki-tokens tokens of WikiText-2 test (1,024-token windows
 without overlap) and on the held-out 5% of the corpus pieces; parameters; training tokens/s;
@@ -139,6 +142,40 @@ def run(args) -> None:
     print(json.dumps({k: v for k, v in res.items() if k not in {"loss_curve", "config", "distill"}}, indent=1))
 
 
+def plot(args) -> None:
+    """Draw KD vs CE-only (run on the CPU machine, from the JSON files the GPU calls wrote)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(Path(p).read_text()) for p in args.results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in runs:
+        curve = r["loss_curve"]  # [step, loss, kd, ce]
+        tokens_per_step = r["distill"]["tokens_seen"] / max(1, r["distill"]["steps"])
+        a.plot([c[0] * tokens_per_step / 1e6 for c in curve], [c[3] for c in curve], label=f"{r['mode']}: train CE")
+    a.set_xlabel("training tokens (M)")
+    a.set_ylabel("cross-entropy on the training batch (nats)")
+    a.legend()
+    labels = ["teacher", "student (truncated)"] + [f"student {r['mode']}" for r in runs]
+    wiki = [runs[0]["teacher_wiki_ppl"], runs[0]["initial_student_wiki_ppl"]] + [r["student_wiki_ppl"] for r in runs]
+    held = [runs[0]["corpus_heldout"]["teacher_ppl"], runs[0]["corpus_heldout"]["initial_student_ppl"]] + \
+        [r["corpus_heldout"]["student_ppl"] for r in runs]
+    x = range(len(labels))
+    b.bar([i - 0.2 for i in x], wiki, width=0.4, label="WikiText-2 test subset")
+    b.bar([i + 0.2 for i in x], held, width=0.4, label="held-out corpus")
+    b.set_xticks(list(x), labels, rotation=15)
+    b.set_ylabel("perplexity")
+    b.axhline(1.25 * runs[0]["teacher_wiki_ppl"], ls="--", c="gray", lw=1, label="1.25x teacher (wiki)")
+    b.legend()
+    fig.suptitle(f"SmolLM2-135M -> {runs[0]['student_layers']}-layer student, "
+                 f"{runs[0]['distill']['train_time_s']:.0f} s of training each")
+    fig.tight_layout()
+    fig.savefig(args.png, dpi=120)
+    print(f"wrote {args.png}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -167,8 +204,11 @@ def main() -> None:
     pr.add_argument("--num-processes", type=int, default=1,
                     help="data-parallel GPUs (issue 8); --batch-size is per GPU, so halve it to keep the global batch")
     pr.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a dry run")
+    pl = sub.add_parser("plot")
+    pl.add_argument("results", nargs="+", help="JSON files written by run (kd first)")
+    pl.add_argument("--png", required=True)
     args = p.parse_args()
-    prepare(args) if args.cmd == "prepare" else run(args)
+    {"prepare": prepare, "run": run, "plot": plot}[args.cmd](args)
 
 
 if __name__ == "__main__":
