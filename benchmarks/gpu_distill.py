@@ -1,0 +1,215 @@
+"""GPU benchmark: distill SmolLM2-135M-Instruct (30 layers) into a 15-layer student in a fixed time.
+
+Self-contained for the lent H100 (Python 3.12, torch 2.11, transformers 5.17, accelerate 1.15; no
+network). Beyond those it needs this repository (the `compress` package travels with the working
+tree), pydantic (+ pydantic_core, annotated-types, typing-inspection) and gguf wheels on PYTHONPATH.
+
+Two steps:
+
+  # 1. here (CPU machine): build the training text, ~31 MB of real text, xz-compressed (~6 MB)
+  python benchmarks/gpu_distill.py prepare --out .part/distill_train.txt.xz
+
+  # 2. on the GPU, one call per mode (each call <= ~8.5 min wall; KD first, then CE-only):
+  python benchmarks/gpu_distill.py run --mode kd --teacher /tmp/m/model.gguf \
+      --train .part/distill_train.txt.xz --wikitext wiki.test.tokens --max-time 300 --out $OUT/distill_kd.json
+  python benchmarks/gpu_distill.py run --mode ce ... --out $OUT/distill_ce.json
+
+  # 3. here: draw both
+  python benchmarks/gpu_distill.py plot distill_kd.json distill_ce.json --png benchmarks/results/gpu_distill.png
+
+What a `run` measures (written as JSON to --out): teacher, initial (truncated, untrained) student and
+final student perplexity on the first --wiki-tokens tokens of WikiText-2 test (1,024-token windows
+without overlap) and on the held-out 5% of the corpus pieces; parameters; training tokens/s;
+greedy decode tokens/s (batch 1, 128 new tokens, median of 3 after a warm-up) for teacher and
+student. kd = forward KL on the teacher's logits; ce = the same student trained with cross-entropy
+on the same data for the same wall time (it skips the teacher forward, so it sees more tokens).
+Training text: the five files of shared/data/corpus (Python docs, CPython stdlib, Linux docs,
+Austen, Moby Dick); WikiText-2 is used only for evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# compress.runtime turns Rust tokenizer threads off by default (safe with forking data loaders); this
+# script does not fork, and tokenizing ~31 MB on one thread would take minutes.
+os.environ["TOKENIZERS_PARALLELISM"] = "true"
+
+CORPUS = ["python_docs", "python_stdlib", "linux_docs", "austen5", "mobydick"]
+
+
+def prepare(args) -> None:
+    src = Path(args.corpus)
+    parts = []
+    for name in CORPUS:
+        with lzma.open(src / f"{name}.txt.xz", "rt", encoding="utf-8", errors="replace") as f:
+            parts.append(f.read())
+    text = "\n\n".join(parts)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with lzma.open(out, "wt", encoding="utf-8", preset=6) as f:
+        f.write(text)
+    print(f"{out}: {len(text) / 1e6:.1f}M characters, {out.stat().st_size / 1e6:.1f} MB compressed")
+
+
+def wikitext(path: str) -> list[str]:
+    # The tokenized release: keep the text as it is (with <unk>), as the GPTQ papers evaluate it.
+    return [Path(path).read_text(encoding="utf-8")]
+
+
+def decode_tok_s(model, tokenizer, new_tokens: int = 128) -> float:
+    import torch
+
+    ids = tokenizer("The history of the Python programming language", return_tensors="pt").input_ids.to(model.device)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    model.generate(ids, max_new_tokens=8, do_sample=False, min_new_tokens=8)  # warm-up
+    times = []
+    for _ in range(3):
+        sync()
+        t = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        sync()
+        times.append(time.perf_counter() - t)
+        assert out.shape[1] - ids.shape[1] == new_tokens
+    return new_tokens / statistics.median(times)
+
+
+def run(args) -> None:
+    import torch
+
+    from compress import models, runtime
+    from compress.distill import distill, make_config
+    from compress.distill.student import count_params, derive_student
+    from compress.evaluate.perplexity import perplexity
+
+    t0 = time.time()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    ref = models.resolve(args.teacher)
+    models.checkpoint_dir(ref)  # GGUF -> cached bf16 checkpoint (about 35 s once per machine)
+    tok = models.load_tokenizer(ref)
+    dev = args.device
+    dtype = runtime.compute_dtype(dev)
+    teacher = models.load_causal_lm(ref, device=dev, dtype=dtype)
+    wiki = wikitext(args.wikitext)
+    ppl = lambda m: perplexity(m, tok, wiki, context_len=1024, max_tokens=args.wiki_tokens).perplexity  # noqa: E731
+    res: dict = {"mode": args.mode, "teacher": args.teacher, "student_layers": args.student_layers,
+                 "wiki_subset": f"first {args.wiki_tokens} tokens of wiki.test.tokens, 1024-token windows, no overlap"}
+    res["teacher_wiki_ppl"] = ppl(teacher)
+    student0 = derive_student(teacher, args.student_layers, None).to(dev, dtype).eval()
+    res["initial_student_wiki_ppl"] = ppl(student0)
+    res["teacher_params"], res["student_params"] = count_params(teacher), count_params(student0)
+    del student0, teacher
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    res["setup_s"] = round(time.time() - t0, 1)
+
+    out_dir = Path(args.work) / f"student-{args.mode}"
+    cfg = make_config(
+        teacher=args.teacher, output=str(out_dir), student_layers=args.student_layers, data=[args.train],
+        loss=args.loss, temperature=args.temperature, ce_weight=1.0 if args.mode == "ce" else args.ce_weight,
+        max_steps=None, max_time=args.max_time, seq_len=args.seq_len, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, eval_tokens=args.eval_tokens,
+        eval_every=0, save_every=0, seed=0, overwrite=True, device=dev, progress=True,
+        num_processes=args.num_processes,
+    )
+    result = distill(cfg)
+    m = result.metrics
+    res["distill"] = {k: v for k, v in m.items() if k not in {"loss_curve", "history"}}
+    res["loss_curve"] = m["loss_curve"]
+    res["corpus_heldout"] = {"teacher_ppl": m["teacher_ppl"], "initial_student_ppl": m["initial_student_ppl"],
+                             "student_ppl": m["student_ppl"], "tokens": m["heldout_tokens"]}
+
+    teacher = models.load_causal_lm(ref, device=dev, dtype=dtype)
+    student = models.load_causal_lm(str(out_dir), device=dev, dtype=dtype)
+    res["student_wiki_ppl"] = ppl(student)
+    res["student_over_teacher_wiki"] = res["student_wiki_ppl"] / res["teacher_wiki_ppl"]
+    res["decode_tok_s"] = {"teacher": decode_tok_s(teacher, tok), "student": decode_tok_s(student, tok)}
+    res["config"] = cfg.model_dump()
+    res["versions"] = runtime.library_versions()
+    res["hardware"] = runtime.hardware()
+    res["total_s"] = round(time.time() - t0, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    print(json.dumps({k: v for k, v in res.items() if k not in {"loss_curve", "config", "distill"}}, indent=1))
+
+
+def plot(args) -> None:
+    """Draw KD vs CE-only (run on the CPU machine, from the JSON files the GPU calls wrote)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(Path(p).read_text()) for p in args.results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in runs:
+        curve = r["loss_curve"]  # [step, loss, kd, ce]
+        tokens_per_step = r["distill"]["tokens_seen"] / max(1, r["distill"]["steps"])
+        a.plot([c[0] * tokens_per_step / 1e6 for c in curve], [c[3] for c in curve], label=f"{r['mode']}: train CE")
+    a.set_xlabel("training tokens (M)")
+    a.set_ylabel("cross-entropy on the training batch (nats)")
+    a.legend()
+    labels = ["teacher", "student (truncated)"] + [f"student {r['mode']}" for r in runs]
+    wiki = [runs[0]["teacher_wiki_ppl"], runs[0]["initial_student_wiki_ppl"]] + [r["student_wiki_ppl"] for r in runs]
+    held = [runs[0]["corpus_heldout"]["teacher_ppl"], runs[0]["corpus_heldout"]["initial_student_ppl"]] + \
+        [r["corpus_heldout"]["student_ppl"] for r in runs]
+    x = range(len(labels))
+    b.bar([i - 0.2 for i in x], wiki, width=0.4, label="WikiText-2 test subset")
+    b.bar([i + 0.2 for i in x], held, width=0.4, label="held-out corpus")
+    b.set_xticks(list(x), labels, rotation=15)
+    b.set_ylabel("perplexity")
+    b.axhline(1.25 * runs[0]["teacher_wiki_ppl"], ls="--", c="gray", lw=1, label="1.25x teacher (wiki)")
+    b.legend()
+    fig.suptitle(f"SmolLM2-135M -> {runs[0]['student_layers']}-layer student, "
+                 f"{runs[0]['distill']['train_time_s']:.0f} s of training each")
+    fig.tight_layout()
+    fig.savefig(args.png, dpi=120)
+    print(f"wrote {args.png}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("prepare")
+    pp.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "shared/data/corpus"))
+    pp.add_argument("--out", required=True)
+    pr = sub.add_parser("run")
+    pr.add_argument("--mode", choices=["kd", "ce"], required=True)
+    pr.add_argument("--teacher", required=True, help="SmolLM2-135M-Instruct .gguf or checkpoint dir")
+    pr.add_argument("--train", required=True, help="training text (prepare's output)")
+    pr.add_argument("--wikitext", required=True, help="wiki.test.tokens")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--work", default="/tmp/distill-bench")
+    pr.add_argument("--student-layers", type=int, default=15)
+    pr.add_argument("--max-time", type=float, default=300.0, help="training seconds")
+    pr.add_argument("--seq-len", type=int, default=1024)
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--grad-accum", type=int, default=4)
+    pr.add_argument("--lr", type=float, default=3e-4)
+    pr.add_argument("--warmup-steps", type=int, default=30)
+    pr.add_argument("--loss", default="fkl")
+    pr.add_argument("--temperature", type=float, default=1.0)
+    pr.add_argument("--ce-weight", type=float, default=0.0)
+    pr.add_argument("--eval-tokens", type=int, default=262_144)
+    pr.add_argument("--wiki-tokens", type=int, default=32_768)
+    pr.add_argument("--num-processes", type=int, default=1,
+                    help="data-parallel GPUs (issue 8); --batch-size is per GPU, so halve it to keep the global batch")
+    pr.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a dry run")
+    pl = sub.add_parser("plot")
+    pl.add_argument("results", nargs="+", help="JSON files written by run (kd first)")
+    pl.add_argument("--png", required=True)
+    args = p.parse_args()
+    {"prepare": prepare, "run": run, "plot": plot}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The distillation config: one pydantic model holding every default, and the run hash for --resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from compress.errors import CompressError
+
+# Fields that do not change the training trajectory: a run may be resumed with different values.
+NOT_HASHED = {"output", "checkpoint_dir", "resume", "overwrite", "eval_every", "eval_tokens", "save_every",
+              "max_time", "progress", "device"}
+
+
+class DistillConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str
+    output: str
+    # Student: either derived from the teacher (keep `student_layers` evenly spaced layers, first and
+    # last included, optionally a narrower MLP) or any model/config directory sharing the tokenizer.
+    student: str | None = None
+    student_layers: int | None = Field(default=None, ge=1)
+    student_intermediate_size: int | None = Field(default=None, ge=1)
+    data: list[str] = ["builtin"]
+    heldout_fraction: float = Field(default=0.05, gt=0, lt=1)
+    eval_tokens: int = Field(default=32_768, ge=1)  # held-out tokens scored per validation
+    loss: Literal["fkl", "rkl", "jsd"] = "fkl"
+    beta: float = Field(default=0.5, ge=0, le=1)  # jsd only: 0 = forward-KL-like, 1 = reverse-KL-like
+    temperature: float = Field(default=1.0, gt=0)
+    ce_weight: float = Field(default=0.0, ge=0, le=1)  # 1.0 = plain cross-entropy training, no teacher
+    top_k: int | None = Field(default=None, ge=1)
+    max_steps: int | None = Field(default=1000, ge=1)  # optimizer steps; None = until max_time
+    max_time: float | None = Field(default=None, gt=0)  # seconds of training; stops early (checkpoints first)
+    seq_len: int = Field(default=512, ge=8)
+    batch_size: int = Field(default=8, ge=1)  # sequences per process per micro-step
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=20, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    eval_every: int = Field(default=0, ge=0)  # 0: validate only at the start and the end
+    save_every: int = Field(default=0, ge=0)  # 0: no intermediate checkpoints
+    grad_checkpointing: bool = False
+    num_processes: int = Field(default=1, ge=1)
+    seed: int = 0
+    checkpoint_dir: str | None = None  # default: OUTPUT.checkpoints beside OUTPUT
+    resume: bool = False
+    overwrite: bool = False
+    device: str | None = None  # cpu / cuda; default cuda when available
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistillConfig":
+        if self.student is not None and (self.student_layers or self.student_intermediate_size):
+            raise ValueError("give either --student or --student-layers/--student-intermediate-size, not both")
+        if self.max_steps is None and self.max_time is None:
+            raise ValueError("give --max-steps or --max-time")
+        if not self.data:
+            raise ValueError("no --data given")
+        return self
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(f"{self.output}.checkpoints")
+
+    @property
+    def time_scheduled(self) -> bool:
+        """Without --max-steps the LR schedule follows elapsed time / max_time."""
+        return self.max_steps is None
+
+    def run_hash(self) -> str:
+        """Identifies the trajectory: everything that changes which weights a step produces."""
+        fields = {k: v for k, v in self.model_dump().items() if k not in NOT_HASHED}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_config(**kwargs) -> DistillConfig:
+    """Build a config, turning validation errors into one CompressError line."""
+    from pydantic import ValidationError
+
+    try:
+        return DistillConfig(**kwargs)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        raise CompressError(f"{where}: {msg}" if where else msg) from e

@@ -1,0 +1,413 @@
+"""The distillation run: load teacher and student, train, validate, checkpoint, resume, save the artifact.
+
+One function, `distill(config)`, works the same in one process, in N processes it starts itself
+(`num_processes`, DDP through accelerate: NCCL on GPUs, gloo on CPUs), or under `accelerate launch`
+(each process sees the launcher's environment and joins its group). Each process owns a slice of
+every global batch (see packing.batch_indices); gradients are averaged by DDP, so N processes with
+batch B train like one process with batch N*B.
+
+Checkpoints (every `save_every` steps, and when `max_time` runs out) hold the student weights, the
+optimizer state, every process's RNG states, the step, tokens seen, elapsed time and validation
+history; the data position and the learning rate are pure functions of the step, so `--resume`
+continues on exactly the trajectory an uninterrupted run takes. A checkpoint is written to a
+temporary folder and renamed when complete, so a run killed while saving leaves the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from compress import models, runtime
+from compress.artifacts import ArtifactMeta, SourceInfo, atomic_dir, check_output, now_iso, write_meta
+from compress.distill.config import NOT_HASHED, DistillConfig
+from compress.distill.losses import distill_loss
+from compress.distill.packing import DistillData, batch_indices, load_data
+from compress.distill.student import check_not_larger, count_params, derive_student, load_student
+from compress.errors import CompressError
+
+CKPT_PREFIX = "step-"
+STATE_FILE = "state.json"
+
+
+@dataclass
+class DistillResult:
+    output: Path
+    metrics: dict
+
+
+def distill(cfg: DistillConfig) -> DistillResult:
+    """Train a student from cfg.teacher and write the artifact cfg.output (see module docstring)."""
+    if _world_size() == 1 or _rank() == 0:
+        check_output(cfg.output, cfg.overwrite)
+    if cfg.num_processes > 1 and _world_size() == 1:
+        prepare_checkpoint_dir(cfg)
+        # Convert a GGUF teacher once here, not concurrently in every worker.
+        models.checkpoint_dir(models.resolve(cfg.teacher))
+        return _launch(cfg)
+    if _rank() == 0:  # under `accelerate launch`, process 0 checks for everyone
+        prepare_checkpoint_dir(cfg)
+    return _train(cfg)
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = sorted(p for p in ckpt_dir.glob(f"{CKPT_PREFIX}*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def prepare_checkpoint_dir(cfg: DistillConfig) -> Path | None:
+    """Check the checkpoint folder against the flags; return the checkpoint to resume from, if any."""
+    d = cfg.ckpt_dir
+    last = latest_checkpoint(d) if d.is_dir() else None
+    if last is None:
+        return None
+    if not cfg.resume:
+        if cfg.overwrite:
+            shutil.rmtree(d)
+            return None
+        raise CompressError(f"{d} holds checkpoints of an earlier run: pass --resume to continue it "
+                            "or --overwrite to start over")
+    state = json.loads((last / STATE_FILE).read_text())
+    if state.get("run_hash") != cfg.run_hash():
+        raise CompressError(f"cannot resume from {last}: it belongs to another run (config hash "
+                            f"{state.get('run_hash')} != {cfg.run_hash()}; changed: {_changed(state.get('config', {}), cfg)})")
+    return last
+
+
+def _changed(old: dict, cfg: DistillConfig) -> str:
+    new = cfg.model_dump()
+    keys = [k for k in new if k in old and old[k] != new[k] and k not in NOT_HASHED]
+    return ", ".join(keys) or "unknown"
+
+
+def _save_checkpoint(acc, cfg: DistillConfig, model, optimizer, state: dict) -> None:
+    d = cfg.ckpt_dir
+    final = d / f"{CKPT_PREFIX}{state['step']:08d}"
+    tmp = d / f".tmp-{final.name}"
+    weights = acc.get_state_dict(model)  # collective under FSDP: every process calls it
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng-{acc.process_index}.pt")
+    if acc.is_main_process:
+        torch.save({k: v.detach().cpu() for k, v in weights.items()}, tmp / "model.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in d.glob(f"{CKPT_PREFIX}*"):  # keep only the newest
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _rng_state() -> dict:
+    import numpy as np
+
+    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(s: dict) -> None:
+    import numpy as np
+
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# ---------------------------------------------------------------------------------------- schedule
+
+def lr_factor(step: int, cfg: DistillConfig, elapsed: float = 0.0) -> float:
+    """Linear warm-up over warmup_steps, then cosine to min_lr_ratio at max_steps (or at max_time)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.time_scheduled:
+        progress = min(1.0, elapsed / cfg.max_time)
+    else:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------- models
+
+def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype):
+    teacher_ref = models.resolve(cfg.teacher)
+    tokenizer = models.load_tokenizer(teacher_ref)
+    teacher = models.load_causal_lm(teacher_ref, device="cpu", dtype=torch.float32)
+    if cfg.student is not None:
+        student = load_student(cfg.student, teacher, tokenizer, cfg.seed)
+    else:
+        student = derive_student(teacher, cfg.student_layers, cfg.student_intermediate_size)
+    check_not_larger(student, teacher)
+    teacher = teacher.to(device=device, dtype=dtype).eval()
+    teacher.requires_grad_(False)
+    return teacher_ref, tokenizer, teacher, student.to(device)
+
+
+@torch.no_grad()
+def _evaluate(acc, model, teacher, data: DistillData, cfg: DistillConfig):
+    """Held-out perplexity of the student (and of the teacher the first time) and the student's
+    held-out distillation divergence. Blocks are split over processes; sums are all-reduced."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, device=acc.device, dtype=torch.float64)  # student nll, teacher nll, kd, tokens
+    mine = range(acc.process_index, len(data.heldout), acc.num_processes)
+    idx = list(mine)
+    for i in range(0, len(idx), cfg.batch_size):
+        x = data.heldout[idx[i:i + cfg.batch_size]].to(acc.device)  # [B, S]
+        labels = x[:, 1:]
+        with acc.autocast():
+            s_logits = model(input_ids=x).logits[:, :-1].float()
+            t_logits = teacher(input_ids=x).logits[:, :-1].float()
+        s = distill_loss(s_logits, t_logits, labels, cfg.loss, cfg.beta, cfg.temperature, 0.0, cfg.top_k)
+        t_ce = torch.nn.functional.cross_entropy(t_logits.flatten(0, 1), labels.flatten())
+        n = labels.numel()
+        sums += torch.tensor([s["ce"].item() * n, t_ce.item() * n, s["kd"].item() * n, n],
+                             device=acc.device, dtype=torch.float64)
+    if acc.num_processes > 1:
+        torch.distributed.all_reduce(sums)
+    model.train(was_training)
+    n = sums[3].item()
+    return {"student_ppl": math.exp(sums[0].item() / n), "teacher_ppl": math.exp(sums[1].item() / n),
+            "heldout_kd": sums[2].item() / n, "heldout_tokens": int(n)}
+
+
+# ---------------------------------------------------------------------------------------- training
+
+def _train(cfg: DistillConfig) -> DistillResult:
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    started = time.time()
+    device_name = cfg.device or runtime.default_device()
+    on_cuda = device_name.startswith("cuda")
+    acc = Accelerator(cpu=not on_cuda, mixed_precision="bf16" if on_cuda else "no")
+    main = acc.is_main_process
+    dtype = runtime.compute_dtype(str(acc.device))
+    torch.manual_seed(cfg.seed)
+
+    with acc.main_process_first():  # a GGUF teacher is converted (and cached) once
+        teacher_ref, tokenizer, teacher, student = _load_models(cfg, acc.device, dtype)
+    data = load_data(cfg.data, tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.eval_tokens)
+    if cfg.grad_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    student.config.use_cache = False
+    student.train()
+    n_student, n_teacher = count_params(student), count_params(teacher)
+
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                  weight_decay=cfg.weight_decay)
+    state = {"run_hash": cfg.run_hash(), "config": cfg.model_dump(), "step": 0, "tokens_seen": 0,
+             "train_time_s": 0.0, "history": [], "loss_curve": [], "initial": None}
+    resume_from = latest_checkpoint(cfg.ckpt_dir) if cfg.resume and cfg.ckpt_dir.is_dir() else None
+    if resume_from is not None:
+        saved = json.loads((resume_from / STATE_FILE).read_text())
+        if saved.get("run_hash") != cfg.run_hash():
+            raise CompressError(f"cannot resume from {resume_from}: it belongs to another run")
+        student.load_state_dict(torch.load(resume_from / "model.pt", map_location=acc.device))
+        optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", map_location=acc.device, weights_only=False))
+        state.update(saved)
+    model, optimizer = acc.prepare(student, optimizer)
+    if resume_from is not None:
+        rng_file = resume_from / f"rng-{acc.process_index}.pt"
+        if rng_file.is_file():
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        if main:
+            tqdm.write(f"resuming from {resume_from} (step {state['step']})")
+
+    if state["initial"] is None:
+        state["initial"] = _evaluate(acc, model, teacher, data, cfg)
+        if main and cfg.progress:
+            i = state["initial"]
+            tqdm.write(f"start: teacher ppl {i['teacher_ppl']:.3f}, student ppl {i['student_ppl']:.3f}, "
+                       f"held-out {cfg.loss} {i['heldout_kd']:.4f} ({i['heldout_tokens']} tokens)")
+    teacher_ppl = state["initial"]["teacher_ppl"]
+
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * acc.num_processes
+    need_teacher = cfg.ce_weight < 1.0
+    step, tokens_seen = state["step"], state["tokens_seen"]
+    total = cfg.max_steps
+    curve_every = max(1, (cfg.max_steps or 10_000) // 200)
+    bar = tqdm(total=total, initial=step, desc=f"distill ({cfg.loss})", disable=not (main and cfg.progress),
+               dynamic_ncols=True, unit="step")
+    run_start, run_start_time_s, run_tokens = time.time(), state["train_time_s"], 0
+    stopped_by_time = False
+    while cfg.max_steps is None or step < cfg.max_steps:
+        elapsed = _agree(acc, run_start_time_s + time.time() - run_start)
+        if cfg.max_time is not None and elapsed >= cfg.max_time:
+            stopped_by_time = True
+            break
+        lr = cfg.lr * lr_factor(step, cfg, elapsed)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logs = torch.zeros(3, device=acc.device)
+        for micro in range(cfg.grad_accum):
+            g = step * cfg.grad_accum + micro
+            idx = batch_indices(g, len(data.train), cfg.batch_size, acc.num_processes, acc.process_index, cfg.seed)
+            x = data.train[idx].to(acc.device)  # [B, S]
+            labels = x[:, 1:]
+            sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext()
+            with sync:
+                with acc.autocast():
+                    s_logits = model(input_ids=x).logits[:, :-1]  # [B, S-1, V]
+                t_logits = None
+                if need_teacher:
+                    with torch.no_grad(), acc.autocast():
+                        t_logits = teacher(input_ids=x).logits[:, :-1]
+                out = distill_loss(s_logits, t_logits, labels, cfg.loss, cfg.beta, cfg.temperature,
+                                   cfg.ce_weight, cfg.top_k)
+                acc.backward(out["loss"] / cfg.grad_accum)
+            logs += torch.stack([out["loss"].detach(), out["kd"], out["ce"]]) / cfg.grad_accum
+        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += tokens_per_step
+        run_tokens += tokens_per_step
+        loss, kd, ce = logs.tolist()
+        if step % curve_every == 0 or step == 1:
+            state["loss_curve"].append([step, round(loss, 5), round(kd, 5), round(ce, 5)])
+        wall = time.time() - run_start
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", kd=f"{kd:.4f}", ce=f"{ce:.3f}", lr=f"{lr:.2e}",
+                        tok_s=f"{run_tokens / max(wall, 1e-9):,.0f}", refresh=False)
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            ev = _evaluate(acc, model, teacher, data, cfg)
+            state["history"].append({"step": step, "tokens_seen": tokens_seen, **ev})
+            if main and cfg.progress:
+                tqdm.write(f"step {step}: student ppl {ev['student_ppl']:.3f} (teacher {teacher_ppl:.3f}), "
+                           f"held-out {cfg.loss} {ev['heldout_kd']:.4f}")
+        if cfg.save_every and step % cfg.save_every == 0:
+            state.update(step=step, tokens_seen=tokens_seen, train_time_s=run_start_time_s + time.time() - run_start)
+            _save_checkpoint(acc, cfg, model, optimizer, state)
+    bar.close()
+    train_time = run_start_time_s + time.time() - run_start
+    state.update(step=step, tokens_seen=tokens_seen, train_time_s=train_time)
+    if stopped_by_time and cfg.save_every:
+        _save_checkpoint(acc, cfg, model, optimizer, state)
+
+    final = _evaluate(acc, model, teacher, data, cfg)
+    metrics = {
+        "steps": step, "tokens_seen": tokens_seen, "train_time_s": round(train_time, 2),
+        "tokens_per_s": round(run_tokens / max(time.time() - run_start, 1e-9), 1),
+        "stopped_by": "max_time" if stopped_by_time else "max_steps",
+        "teacher_ppl": teacher_ppl, "initial_student_ppl": state["initial"]["student_ppl"],
+        "student_ppl": final["student_ppl"], "ppl_ratio": final["student_ppl"] / teacher_ppl,
+        "initial_heldout_kd": state["initial"]["heldout_kd"], "heldout_kd": final["heldout_kd"],
+        "heldout_tokens": final["heldout_tokens"], "train_tokens_available": data.train_tokens,
+        "student_params": n_student, "teacher_params": n_teacher,
+        "num_processes": acc.num_processes, "device": str(acc.device),
+        "history": state["history"], "loss_curve": state["loss_curve"],
+    }
+    weights = acc.get_state_dict(model)
+    output = Path(cfg.output)
+    if main:
+        if cfg.progress:
+            tqdm.write(f"done: {step} steps, {tokens_seen:,} tokens, student ppl {final['student_ppl']:.3f} "
+                       f"(teacher {teacher_ppl:.3f}, start {metrics['initial_student_ppl']:.3f})")
+        _write_artifact(cfg, teacher_ref, acc.unwrap_model(model), weights, tokenizer, metrics,
+                        time.time() - started, dtype)
+        shutil.rmtree(cfg.ckpt_dir, ignore_errors=True)
+    acc.wait_for_everyone()
+    return DistillResult(output, metrics)
+
+
+def _agree(acc, value: float) -> float:
+    """Every process must stop (and schedule by time) on the same step: use process 0's clock."""
+    if acc.num_processes == 1:
+        return value
+    t = torch.tensor([value], device=acc.device, dtype=torch.float64)
+    torch.distributed.broadcast(t, 0)
+    return t.item()
+
+
+def _write_artifact(cfg, teacher_ref, model, weights, tokenizer, metrics, seconds, dtype) -> None:
+    model.config.use_cache = True
+    save_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    model.config.dtype = save_dtype
+    state = {k: v.detach().to("cpu", save_dtype) for k, v in weights.items()}
+    meta = ArtifactMeta(
+        kind="distilled", method=cfg.loss if cfg.ce_weight < 1.0 else "ce",
+        source=SourceInfo(spec=cfg.teacher, kind=teacher_ref.kind, sha256=models.fingerprint(teacher_ref)),
+        config=cfg.model_dump(exclude={"progress"}), versions=runtime.library_versions(),
+        time_taken_s=round(seconds, 2), created_at=now_iso(), metrics=metrics,
+    )
+    with atomic_dir(cfg.output, overwrite=cfg.overwrite) as tmp:
+        model.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        write_meta(tmp, meta)
+
+
+# ---------------------------------------------------------------------------------------- processes
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, cfg_json: str, err_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rank)
+    else:  # share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    cfg = DistillConfig.model_validate_json(cfg_json)
+    try:
+        result = _train(cfg)
+    except CompressError as e:
+        Path(err_dir, f"error-{rank}.txt").write_text(str(e))
+        raise SystemExit(2)
+    if rank == 0:
+        Path(err_dir, "metrics.json").write_text(json.dumps(result.metrics))
+
+
+def _launch(cfg: DistillConfig) -> DistillResult:
+    """Run `_train` in cfg.num_processes fresh processes (spawned: CUDA cannot be forked)."""
+    import torch.multiprocessing as mp
+
+    if torch.cuda.is_available() and (cfg.device or "cuda").startswith("cuda") \
+            and torch.cuda.device_count() < cfg.num_processes:
+        raise CompressError(f"--num-processes {cfg.num_processes} needs as many GPUs; {torch.cuda.device_count()} visible")
+    with tempfile.TemporaryDirectory(prefix="compress-distill-") as err_dir:
+        try:
+            mp.start_processes(_worker, args=(cfg.num_processes, _free_port(), cfg.model_dump_json(), err_dir),
+                               nprocs=cfg.num_processes, join=True, start_method="spawn")
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+            errors = sorted(Path(err_dir).glob("error-*.txt"))
+            if errors:
+                raise CompressError(errors[0].read_text()) from None
+            raise RuntimeError(f"a distillation worker failed: {str(e).strip().splitlines()[-1]}") from None
+        metrics = json.loads(Path(err_dir, "metrics.json").read_text())
+    return DistillResult(Path(cfg.output), metrics)

@@ -1,0 +1,192 @@
+"""Distillation runs on tiny models: loss goes down, KD beats CE-only, exact resume after SIGKILL,
+two gloo processes, the artifact works downstream, and bad input is one line with exit 2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import models
+from compress.artifacts import read_meta
+from compress.distill import distill, make_config
+from compress.errors import CompressError
+
+FAST = dict(seq_len=64, batch_size=16, eval_tokens=2048, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory, tokenizer):
+    """A 4-layer hidden-128 Llama trained briefly with cross-entropy on the built-in text, so that it
+    knows something a 2-layer student can learn from it (deterministic: fixed seeds, CPU fp32)."""
+    from compress.testing import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("teacher")
+    init = build_tiny_llama(root / "init", seed=0, tokenizer=tokenizer, layers=4)
+    result = distill(make_config(teacher=str(init), student=str(init), output=str(root / "trained"), ce_weight=1.0,
+                                 max_steps=TEACHER_STEPS, lr=3e-3, warmup_steps=10, **FAST))
+    assert result.metrics["student_ppl"] < 0.5 * result.metrics["initial_student_ppl"]
+    return root / "trained"
+
+
+TEACHER_STEPS = 200
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return models.load_causal_lm(str(path), device="cpu", dtype=torch.float32).state_dict()
+
+
+def _cfg(teacher, output, **kw):
+    return make_config(teacher=str(teacher), output=str(output), **{**FAST, **kw})
+
+
+def test_short_run_lowers_loss_and_artifact_is_a_model(tmp_path, tiny_model):
+    """A few steps of distillation reduce the held-out divergence; the artifact loads and quantizes."""
+    out = tmp_path / "student"
+    r = distill(_cfg(tiny_model, out, student_layers=1, max_steps=12, lr=3e-3, warmup_steps=2, loss="jsd",
+                     top_k=32, grad_checkpointing=True, eval_every=6))
+    m = r.metrics
+    assert m["heldout_kd"] < 0.8 * m["initial_heldout_kd"]
+    assert m["history"][0]["step"] == 6 and m["history"][-1]["heldout_kd"] == pytest.approx(m["heldout_kd"])
+    assert m["loss_curve"][-1][1] < m["loss_curve"][0][1]
+    assert m["steps"] == 12 and m["tokens_seen"] == 12 * 16 * 64
+    assert m["student_params"] < m["teacher_params"]
+    meta = read_meta(out)
+    assert meta.kind == "distilled" and meta.method == "jsd"
+    assert meta.source.sha256 == models.fingerprint(models.resolve(str(tiny_model)))
+    assert meta.config["student_layers"] == 1 and meta.config["top_k"] == 32 and meta.metrics["steps"] == 12
+    assert not Path(f"{out}.checkpoints").exists()
+    model = models.load_causal_lm(str(out), device="cpu")
+    assert model.config.num_hidden_layers == 1
+    tok = models.load_tokenizer(str(out))
+    ids = tok("def f(x):", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
+
+    from compress.quantize import make_config as qconfig
+    from compress.quantize import quantize
+
+    q = quantize(str(out), qconfig(method="rtn", calib_samples=4, calib_seqlen=64), tmp_path / "rtn",
+                 device="cpu", measure_quality=False)
+    assert read_meta(q.output).kind == "quantized"
+
+
+@pytest.mark.slow
+def test_distilled_student_beats_cross_entropy_only(tmp_path, trained_teacher):
+    """Same student (random init, 2 layers), same data, same steps: soft targets from a trained teacher
+    give a lower held-out perplexity than cross-entropy on the data alone."""
+    import json
+
+    cfg_dir = tmp_path / "student-config"
+    cfg_dir.mkdir()
+    config = json.loads((trained_teacher / "config.json").read_text())
+    config["num_hidden_layers"] = 2
+    (cfg_dir / "config.json").write_text(json.dumps(config))
+    common = dict(student=str(cfg_dir), max_steps=KD_STEPS, lr=3e-3, warmup_steps=5, batch_size=8)
+    kd = distill(_cfg(trained_teacher, tmp_path / "kd", ce_weight=0.0, **common)).metrics
+    ce = distill(_cfg(trained_teacher, tmp_path / "ce", ce_weight=1.0, **common)).metrics
+    assert kd["initial_student_ppl"] == pytest.approx(ce["initial_student_ppl"])  # same start
+    assert kd["student_ppl"] < ce["student_ppl"], (kd["student_ppl"], ce["student_ppl"])
+    assert kd["heldout_kd"] < ce["heldout_kd"]
+
+
+KD_STEPS = 100
+
+
+def _run_cli(args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen([sys.executable, "-m", "compress", "distill", *args], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model):
+    """SIGKILL a CLI run after its second checkpoint; --resume finishes it; the weights equal an
+    uninterrupted run's."""
+    killed = tmp_path / "killed"
+    args = [str(tiny_model), "--output", str(killed), "--student-layers", "1", "--max-steps", "16",
+            "--save-every", "4", "--seq-len", "64", "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "3",
+            "--seed", "3"]
+    proc = _run_cli(args)
+    target = Path(f"{killed}.checkpoints") / "step-00000008" / "state.json"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), proc.stderr.read()
+    assert not killed.exists()  # killed before the artifact was written
+
+    common = dict(student_layers=1, max_steps=16, save_every=4, batch_size=8, lr=3e-3, warmup_steps=3, seed=3)
+    with pytest.raises(CompressError, match="another run.*lr"):
+        distill(_cfg(tiny_model, killed, resume=True, **{**common, "lr": 1e-3}))
+    with pytest.raises(CompressError, match="--resume"):
+        distill(_cfg(tiny_model, killed, **common))
+    resumed = distill(_cfg(tiny_model, killed, resume=True, **common)).metrics
+    assert resumed["steps"] == 16
+    straight = distill(_cfg(tiny_model, tmp_path / "straight", **common)).metrics
+    assert resumed["tokens_seen"] == straight["tokens_seen"]
+    a, b = _weights(killed), _weights(tmp_path / "straight")
+    for k in b:
+        assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
+    assert resumed["student_ppl"] == pytest.approx(straight["student_ppl"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_like_one_with_the_whole_batch(tmp_path, tiny_model):
+    """DDP over 2 CPU processes (gloo), 4 sequences each, matches 1 process with 8 sequences."""
+    common = dict(student_layers=1, max_steps=4, lr=3e-3, warmup_steps=1)
+    two = distill(_cfg(tiny_model, tmp_path / "two", num_processes=2, batch_size=4, **common)).metrics
+    one = distill(_cfg(tiny_model, tmp_path / "one", num_processes=1, batch_size=8, **common)).metrics
+    assert two["num_processes"] == 2 and two["tokens_seen"] == one["tokens_seen"]
+    a, b = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    for k in b:
+        assert torch.allclose(a[k], b[k], atol=1e-4), k
+    assert two["student_ppl"] == pytest.approx(one["student_ppl"], rel=1e-3)
+
+
+def _cli(argv, capsys) -> tuple[int, str]:
+    from compress.cli import main
+
+    capsys.readouterr()  # drop earlier output (fixtures' progress bars)
+    with pytest.raises(SystemExit) as e:
+        main(["distill", *argv])
+    err = capsys.readouterr().err.strip()
+    return e.value.code, err
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, tiny_model, tokenizer, capsys):
+    from compress.testing import build_tiny_llama, train_tokenizer
+
+    base = [str(tiny_model), "--max-steps", "1", "--seq-len", "64"]
+    exists = tmp_path / "exists"
+    exists.mkdir()
+    other = build_tiny_llama(tmp_path / "other", tokenizer=train_tokenizer(512, texts=["zebra quartz " * 200]), layers=1)
+    big = build_tiny_llama(tmp_path / "big", tokenizer=tokenizer, layers=2, hidden=256)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    short = tmp_path / "short.txt"
+    short.write_text("A few words only.")
+    cases = [
+        (["--output", str(exists)], "already exists"),
+        (["--output", str(tmp_path / "o1"), "--student", str(other)], "tokenizers differ"),
+        (["--output", str(tmp_path / "o2"), "--student", str(big)], "larger than the teacher"),
+        (["--output", str(tmp_path / "o3"), "--student-layers", "5"], "more than the teacher's 2 layers"),
+        (["--output", str(tmp_path / "o4"), "--data", str(empty)], "no text in"),
+        (["--output", str(tmp_path / "o5"), "--data", str(short)], "data too small"),
+        (["--output", str(tmp_path / "o6"), "--student", str(big), "--student-layers", "1"], "not both"),
+        (["--output", str(tmp_path / "o7"), "--beta", "2"], "beta"),
+    ]
+    for extra, message in cases:
+        code, err = _cli(base + extra, capsys)
+        assert code == 2, (extra, err)
+        # Loading bars from transformers may precede it; the error itself is exactly one line.
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, (extra, err)
+    assert not any(p.name.startswith(".o") for p in tmp_path.iterdir())  # no half-written artifacts
