@@ -17,7 +17,7 @@ def eval_table(files: list[str]) -> str:
     from compress.evaluate.results import load_eval
 
     results = [load_eval(f) for f in files]
-    metrics = list(results[0].metrics)
+    metrics = [m for m in results[0].metrics if not m.endswith(":acc_norm")]  # acc_norm is in the JSON
     head = "| model | size MiB | " + " | ".join(metrics) + " | " + " | ".join(f"recovery {m}" for m in metrics) + " |"
     lines = [head, "|" + "---|" * (2 + 2 * len(metrics))]
     for r in results:
