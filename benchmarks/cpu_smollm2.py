@@ -9,7 +9,8 @@ benchmarks/results/cpu_smollm2_{eval_<tier>,bench_t1,bench_t2}.json and cpu_smol
   512 tokens from the built-in Python docs text, the quantize default);
 - eval: WikiText-2 test (../shared/data/wikitext-2/wiki.test.tokens), first 2,048 tokens, 1,024-token disjoint
   windows; plus the two local tasks in evals/ (first 20 of 300 examples each: the shared, overloaded 2-core CPU ran ~0.5 requests/s), zero-shot;
-- bench: batch 1 and 4, 64-token prompts, 32 new tokens, median of 3 after 1 warm-up, each model in its own process.
+- bench: batch 1 and 4, 64-token prompts, 32 new tokens, median of 3 after 1 warm-up, each model in its own process
+  (the committed 2-thread run used `--threads 2 --batch-sizes 1 --gen-len 16` to fit the time left on a loaded machine).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "out" / "tiers"))
     ap.add_argument("--wikitext", default=str(WIKITEXT))
     ap.add_argument("--threads", default="1,2", help="torch thread counts to bench with, one run each")
+    ap.add_argument("--batch-sizes", default="1,4")
+    ap.add_argument("--gen-len", type=int, default=32)
+    ap.add_argument("--no-tasks", action="store_true", help="perplexity only (the tiers' committed runs: no time left)")
     ap.add_argument("--only", help="comma-separated model names (source,int8,int8-wo,rtn,gptq) to eval")
     ap.add_argument("--force", action="store_true", help="re-run evals whose result file exists")
     args = ap.parse_args()
@@ -63,16 +67,17 @@ def main() -> None:
         if "eval" not in steps or skip or (target.is_file() and not args.force):
             continue
         baseline = [] if name == "source" else ["--baseline", str(RESULTS / "cpu_smollm2_eval_source.json")]
+        tasks = [] if args.no_tasks else ["--tasks", "stdlib_docstring_mc,pydoc_keyword_cloze"]
         sh("eval", model, "--perplexity", args.wikitext, "--max-tokens", "2048", "--context-len", "1024",
-           "--tasks", "stdlib_docstring_mc,pydoc_keyword_cloze", "--batch-size", "8", "--limit", "20", "--device", "cpu",
+           *tasks, "--batch-size", "8", "--limit", "20", "--device", "cpu",
            *baseline, "--output", str(target))
     benches = []
     for threads in map(int, args.threads.split(",")):
         target = RESULTS / f"cpu_smollm2_bench_t{threads}.json"
         benches.append(str(target))
         if "bench" in steps:
-            sh("bench", *models.values(), "--device", "cpu", "--threads", str(threads), "--batch-sizes", "1,4",
-               "--prompt-len", "64", "--gen-len", "32", "--repeats", "3", "--warmup", "1", "--output", str(target))
+            sh("bench", *models.values(), "--device", "cpu", "--threads", str(threads), "--batch-sizes", args.batch_sizes,
+               "--prompt-len", "64", "--gen-len", str(args.gen_len), "--repeats", "3", "--warmup", "1", "--output", str(target))
     if "report" in steps:
         sh("report", *[a for e in evals for a in ("--eval", e)], "--bench", benches[0],
            "--title", "SmolLM2-135M-Instruct tiers on the 2-core CPU (1 thread)",

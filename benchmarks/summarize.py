@@ -17,13 +17,14 @@ def eval_table(files: list[str]) -> str:
     from compress.evaluate.results import load_eval
 
     results = [load_eval(f) for f in files]
-    metrics = list(results[0].metrics)
+    metrics = [m for m in results[0].metrics if not m.endswith(":acc_norm")]  # acc_norm is in the JSON
     head = "| model | size MiB | " + " | ".join(metrics) + " | " + " | ".join(f"recovery {m}" for m in metrics) + " |"
     lines = [head, "|" + "---|" * (2 + 2 * len(metrics))]
     for r in results:
         name = Path(r.model.path).name
-        vals = [f"{r.metrics.get(m, float('nan')):.4g}" + (f" ±{r.tasks[m.split(':')[0]].stderr.get(m.split(':')[1], 0):.3f}"
-                if m.split(":")[0] in r.tasks else "") for m in metrics]
+        vals = [("-" if m not in r.metrics else f"{r.metrics[m]:.4g}")
+                + (f" ±{r.tasks[m.split(':')[0]].stderr.get(m.split(':')[1], 0):.3f}" if m.split(":")[0] in r.tasks else "")
+                for m in metrics]
         rec = [f"{r.recovery[m]:.3f}" if m in r.recovery else "-" for m in metrics]
         lines.append(f"| {name} | {r.model.size_bytes / 2**20:.1f} | " + " | ".join(vals) + " | " + " | ".join(rec) + " |")
     return "\n".join(lines)

@@ -88,8 +88,8 @@ def test_recovery_ratio_directions():
 
 
 def test_eval_with_baseline_model_and_json(tmp_path, tiny_model, other_model):
-    cfg = make_eval_config(perplexity=["builtin"], tasks=["pydoc_keyword_cloze"], limit=4, batch_size=4,
-                           context_len=64, max_tokens=256, device="cpu")
+    # Perplexity only: task metrics take the same recovery path (test_recovery_ratio_directions covers acc).
+    cfg = make_eval_config(perplexity=["builtin"], context_len=64, max_tokens=256, device="cpu")
     base = evaluate(str(tiny_model), cfg, progress=False)
     (tmp_path / "base.json").write_text(base.model_dump_json())
     res = evaluate(str(other_model), cfg, baseline=str(tiny_model), progress=False)

@@ -20,8 +20,7 @@ def results(tmp_path_factory, tiny_model, tokenizer):
 
     tmp = tmp_path_factory.mktemp("report")
     other = build_tiny_llama(tmp / "other", seed=4, tokenizer=tokenizer, layers=1)
-    cfg = make_eval_config(perplexity=["builtin"], tasks=["stdlib_docstring_mc"], limit=3, context_len=64,
-                           max_tokens=128, device="cpu")
+    cfg = make_eval_config(perplexity=["builtin"], context_len=64, max_tokens=128, device="cpu")
     evals = []
     for i, m in enumerate((tiny_model, other)):
         r = evaluate(str(m), cfg, baseline=None if i == 0 else str(tmp / "eval0.json"), progress=False)
