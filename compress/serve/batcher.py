@@ -50,6 +50,7 @@ class Sequence:
     aborted: bool = False
     admitted_at: float | None = None
     first_token_at: float | None = None
+    last_token_at: float | None = None
     slot: Any = None  # the runner's per-sequence state (sampling generator, ...)
     sink: Any = None  # the front end's per-request queue
 

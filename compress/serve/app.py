@@ -1,0 +1,350 @@
+"""HTTP layer of `compress serve`: FastAPI handlers, API-key check, OpenAI-style errors, SSE.
+
+Handlers turn a request into (tier, prompt token ids, sampling params), hand it to the tier's
+engine (or proxy it to a remote tier) and shape the answer. Every failure a client can cause is a
+4xx with `{"error": {message, type, param, code}}`; nothing a request does stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from compress.manifest import LocalTier, Manifest
+from compress.serve import protocol as P
+from compress.serve.batcher import SamplingParams
+from compress.serve.engine import AsyncEngine, load_engine
+from compress.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
+from compress.serve.protocol import APIError
+from compress.serve.remote import RemoteTier
+from compress.serve.router import Router
+
+log = logging.getLogger("compress.serve")
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+@dataclass
+class ServeSettings:
+    max_queue: int = 64
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    api_keys: list[str] = field(default_factory=list)
+    device: str = "cpu"
+
+
+def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, AsyncEngine] | None = None) -> FastAPI:
+    """The app; local tiers' engines are loaded at startup (before the port opens) unless given."""
+    metrics = ServeMetrics() if not engines else next(iter(engines.values())).metrics
+    router = Router(manifest)
+    state: dict[str, Any] = {"engines": dict(engines or {}), "remotes": {}}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        for tier in manifest.tiers:
+            if isinstance(tier, LocalTier):
+                if tier.name not in state["engines"]:
+                    log.info("loading tier %s from %s", tier.name, tier.path)
+                    state["engines"][tier.name] = await asyncio.to_thread(
+                        load_engine, tier, settings.device, max_batch=settings.max_batch,
+                        max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue, metrics=metrics)
+            else:
+                state["remotes"][tier.name] = RemoteTier(tier)
+        for eng in state["engines"].values():
+            eng.start()
+        yield
+        # uvicorn has already stopped accepting and waited for in-flight requests.
+        for eng in state["engines"].values():
+            await asyncio.to_thread(eng.stop, 30)
+        for rem in state["remotes"].values():
+            await rem.close()
+
+    app = FastAPI(title="compress serve", lifespan=lifespan)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_req: Request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, e: RequestValidationError):
+        err = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            msg = "request body is not valid JSON"
+        elif not loc:
+            msg = "request body must be a JSON object"
+        else:
+            msg = f"{'.'.join(loc) or 'body'}: {err.get('msg')}"
+        return JSONResponse(APIError(400, msg, param=".".join(loc) or None).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, e: StarletteHTTPException):
+        return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _bug(_req: Request, e: Exception):
+        log.exception("internal error")
+        return JSONResponse(APIError(500, f"internal error: {type(e).__name__}", type="server_error").body(),
+                            status_code=500)
+
+    def check_key(request: Request) -> None:
+        if not settings.api_keys:
+            return
+        auth = request.headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or key.strip() not in settings.api_keys:
+            raise APIError(401, "missing or invalid API key (send Authorization: Bearer KEY)",
+                           type="authentication_error", code="invalid_api_key")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "tiers": [t.name for t in manifest.tiers]}
+
+    @app.get("/metrics")
+    async def prom():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request)
+        now = int(time.time())
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": now, "owned_by": "compress"}
+                                           for m in router.model_ids()]}
+
+    @app.post("/v1/completions")
+    async def completions(req: P.CompletionRequest, request: Request):
+        check_key(request)
+        return await _handle(req, request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: P.ChatRequest, request: Request):
+        check_key(request)
+        if not req.messages:
+            raise APIError(400, "messages must not be empty", param="messages")
+        return await _handle(req, request, chat=True)
+
+    async def _handle(req, request: Request, chat: bool):
+        tier = router.route(req.model)
+        if req.n != 1:
+            raise APIError(400, "only n=1 is supported", param="n")
+        headers = {"x-compress-tier": tier.name}
+        if tier.name in state["remotes"]:
+            return await _proxy(state["remotes"][tier.name], req, chat, headers)
+        engine: AsyncEngine = state["engines"][tier.name]
+        prompt_ids = _chat_ids(engine, req) if chat else _prompt_ids(engine, req)
+        params = _params(engine, req, len(prompt_ids), chat)
+        rid = P.new_id("chatcmpl" if chat else "cmpl")
+        start = time.monotonic()
+        stream = engine.generate(rid, prompt_ids, params)
+        if req.stream:
+            first = await _first_event(stream, tier.name, start)  # 429 etc. still as a JSON error
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(first, stream, rid, req.model, chat, len(prompt_ids), include_usage, tier.name, start),
+                media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        try:
+            text, finish, n_out = await _collect(stream, request, tier.name, start)
+        except _ClientGone:
+            return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
+        use = P.usage(len(prompt_ids), n_out)
+        metrics.prompt_tokens.labels(tier.name).inc(len(prompt_ids))
+        body = (P.chat_body if chat else P.completion_body)(rid, req.model, text, finish, use)
+        return JSONResponse(body, headers=headers)
+
+    async def _first_event(stream, tier: str, start: float):
+        try:
+            return await stream.__anext__()
+        except APIError as e:
+            metrics.requests.labels(tier, str(e.status)).inc()
+            raise
+
+    async def _collect(stream, request: Request, tier: str, start: float) -> tuple[str, str, int]:
+        parts, n_out, finish = [], 0, None
+        try:
+            it = stream.__aiter__()
+            while True:
+                nxt = asyncio.ensure_future(it.__anext__())
+                while not nxt.done():
+                    await asyncio.wait([nxt], timeout=0.5)
+                    if not nxt.done() and await request.is_disconnected():
+                        # Cancelling the pending read runs the generator's cleanup, which aborts the
+                        # sequence and frees its batch slot.
+                        nxt.cancel()
+                        await asyncio.gather(nxt, return_exceptions=True)
+                        metrics.requests.labels(tier, "499").inc()
+                        raise _ClientGone()
+                try:
+                    ev = nxt.result()
+                except StopAsyncIteration:
+                    break
+                parts.append(ev.delta)
+                n_out += ev.new_tokens
+                if ev.finished:
+                    finish = ev.seq.finish_reason
+                    if finish == "error":
+                        raise APIError(500, f"generation failed: {ev.seq.error}", type="server_error")
+                    break
+        except APIError as e:
+            metrics.requests.labels(tier, str(e.status)).inc()
+            raise
+        metrics.requests.labels(tier, "200").inc()
+        metrics.e2e.labels(tier).observe(time.monotonic() - start)
+        return "".join(parts), finish, n_out
+
+    async def _sse(first, stream, rid, model, chat, n_prompt, include_usage, tier, start) -> AsyncIterator[bytes]:
+        n_out, status = 0, "200"
+
+        def chunk(delta_text: str, finish: str | None) -> bytes:
+            if chat:
+                body = P.chat_chunk(rid, model, {"content": delta_text} if delta_text or not finish else {}, finish)
+            else:
+                body = P.completion_chunk(rid, model, delta_text, finish)
+            return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+        try:
+            if chat:
+                yield b"data: " + json.dumps(P.chat_chunk(rid, model, {"role": "assistant", "content": ""},
+                                                           None)).encode() + b"\n\n"
+            ev = first
+            while True:
+                n_out += ev.new_tokens
+                if ev.finished:
+                    reason = ev.seq.finish_reason
+                    if reason == "error":
+                        status = "500"
+                        err = APIError(500, f"generation failed: {ev.seq.error}", type="server_error").body()
+                        yield b"data: " + json.dumps(err).encode() + b"\n\n"
+                        break
+                    if ev.delta:
+                        yield chunk(ev.delta, None)
+                    yield chunk("", reason)
+                    break
+                if ev.delta:
+                    yield chunk(ev.delta, None)
+                ev = await stream.__anext__()
+            if include_usage and status == "200":
+                use = P.usage(n_prompt, n_out)
+                body = (P.chat_chunk if chat else P.completion_chunk)(rid, model, {} if chat else "", None, use,
+                                                                      choices=False)
+                yield b"data: " + json.dumps(body).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "499"  # client went away: the engine drops the sequence (stream.aclose below)
+            raise
+        finally:
+            await stream.aclose()
+            metrics.requests.labels(tier, status).inc()
+            if status == "200":
+                metrics.prompt_tokens.labels(tier).inc(n_prompt)
+                metrics.e2e.labels(tier).observe(time.monotonic() - start)
+
+    async def _proxy(remote: RemoteTier, req, chat: bool, headers: dict[str, str]):
+        path = "/chat/completions" if chat else "/completions"
+        body = req.model_dump(exclude_none=True)
+        start = time.monotonic()
+        name = remote.tier.name
+        if req.stream:
+            status, result = await remote.stream(path, body)
+            metrics.requests.labels(name, str(status)).inc()
+            if status != 200:
+                return JSONResponse(result, status_code=status, headers=headers)
+
+            async def relay():
+                async for part in result:
+                    yield part
+                metrics.e2e.labels(name).observe(time.monotonic() - start)
+
+            return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+        status, data = await remote.request(path, body)
+        metrics.requests.labels(name, str(status)).inc()
+        if status == 200:
+            metrics.e2e.labels(name).observe(time.monotonic() - start)
+            use = data.get("usage") or {}
+            metrics.prompt_tokens.labels(name).inc(use.get("prompt_tokens", 0) or 0)
+            metrics.generation_tokens.labels(name).inc(use.get("completion_tokens", 0) or 0)
+            data["model"] = req.model
+        return JSONResponse(data, status_code=status, headers=headers)
+
+    return app
+
+
+# ---------------------------------------------------------------- request -> tokens and params
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _prompt_ids(engine: AsyncEngine, req: P.CompletionRequest) -> list[int]:
+    prompt = req.prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(x, str) for x in prompt):
+        if len(prompt) != 1:
+            raise APIError(400, "only one prompt per request is supported", param="prompt")
+        prompt = prompt[0]
+    if isinstance(prompt, list):
+        ids = [int(x) for x in prompt]
+        vocab = len(engine.tokenizer)
+        if any(not 0 <= i < vocab for i in ids):
+            raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+    else:
+        ids = engine.tokenizer(prompt)["input_ids"]
+    if not ids:
+        raise APIError(400, "prompt is empty", param="prompt")
+    return ids
+
+
+def _chat_ids(engine: AsyncEngine, req: P.ChatRequest) -> list[int]:
+    tok = engine.tokenizer
+    if not getattr(tok, "chat_template", None):
+        raise APIError(400, f"model {req.model!r} has no chat template; use /v1/completions", param="model")
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    try:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # noqa: BLE001 - templates raise on role orders they do not accept
+        raise APIError(400, f"chat template rejected the messages: {str(e).splitlines()[0][:200]}",
+                       param="messages") from None
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise APIError(400, "messages render to an empty prompt", param="messages")
+    return ids
+
+
+def _params(engine: AsyncEngine, req, n_prompt: int, chat: bool) -> SamplingParams:
+    ctx = engine.max_context
+    if n_prompt >= ctx:
+        raise APIError(400, f"prompt is {n_prompt} tokens; this model's context is {ctx} tokens",
+                       param="messages" if chat else "prompt", code="context_length_exceeded")
+    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    if max_tokens is None:
+        max_tokens = ctx - n_prompt if chat else min(DEFAULT_COMPLETION_TOKENS, ctx - n_prompt)
+    if max_tokens < 1:
+        raise APIError(400, f"max_tokens must be at least 1 (got {max_tokens})", param="max_tokens")
+    if n_prompt + max_tokens > ctx:
+        raise APIError(400, f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds this model's "
+                       f"context of {ctx} tokens", param="max_tokens", code="context_length_exceeded")
+    return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+                          stop=tuple(req.stop_list()))
+
+
+def serve(manifest_path: str, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
+          shutdown_timeout_s: float = 60.0) -> None:
+    """Run the server until SIGTERM/SIGINT: then stop accepting, let in-flight requests finish, exit."""
+    import uvicorn
+
+    from compress.manifest import load_manifest
+
+    manifest = load_manifest(manifest_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(manifest, settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info",
+                            timeout_graceful_shutdown=shutdown_timeout_s)
+    uvicorn.Server(config).run()
