@@ -158,6 +158,7 @@ class EngineCore:
                 s.finish_reason = s.finish_reason or "abort"
                 events.append(Event(s, "", 0, True))
         decoding = list(self.batcher.running)
+        self.batcher.start(admitted)  # now, so that a failure below fails them too (never lost)
         self.last_batch_size = 0
         try:
             if decoding:  # first, so the runner's rows are exactly the running sequences
@@ -165,7 +166,6 @@ class EngineCore:
                 for seq, token in zip(decoding, self.runner.decode(decoding)):
                     events.append(self._update(seq, token))
             for seq in admitted:
-                self.batcher.start([seq])  # before prefill, so a failure there fails it too
                 token = self.runner.prefill(seq)
                 events.append(self._update(seq, token))
         except Exception as e:  # noqa: BLE001 - a model failure fails this batch, never the server
