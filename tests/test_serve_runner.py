@@ -15,8 +15,8 @@ def _run(model, tok, prompts, max_batch, join_after=2, max_tokens=(24, 9, 31, 17
     core = EngineCore(HFRunner(model, tok, "cpu"), Batcher(max_batch=max_batch, max_wait_s=0.0, max_queue=100))
     seqs = [Sequence(str(i), tok(p)["input_ids"], SamplingParams(max_tokens=max_tokens[i]), 0.0)
             for i, p in enumerate(prompts)]
-    core.batcher.add(seqs[0])
-    core.batcher.add(seqs[1])
+    for s in seqs[:2]:
+        core.batcher.add(s)
     steps, sizes = 0, []
     while core.batcher.has_work() or steps <= join_after:
         core.step()
