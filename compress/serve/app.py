@@ -342,9 +342,23 @@ def serve(manifest_path: str, settings: ServeSettings, host: str = "127.0.0.1", 
 
     from compress.manifest import load_manifest
 
+    _Server = _uvicorn_server_class()
     manifest = load_manifest(manifest_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(manifest, settings)
     config = uvicorn.Config(app, host=host, port=port, log_level="info",
                             timeout_graceful_shutdown=shutdown_timeout_s)
-    uvicorn.Server(config).run()
+    _Server(config).run()
+
+
+def _uvicorn_server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # After a drained shutdown, exit with status 0 instead of re-raising the signal (uvicorn's
+            # default), so supervisors see a clean stop.
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return Server
