@@ -249,7 +249,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
 
     async def _proxy(remote: RemoteTier, req, chat: bool, headers: dict[str, str]):
         path = "/chat/completions" if chat else "/completions"
-        body = req.model_dump(exclude_none=True)
+        body = req.model_dump(exclude_unset=True)  # forward what the client sent, no defaults of ours
         start = time.monotonic()
         name = remote.tier.name
         if req.stream:
@@ -332,7 +332,7 @@ def _params(engine: AsyncEngine, req, n_prompt: int, chat: bool) -> SamplingPara
         raise APIError(400, f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds this model's "
                        f"context of {ctx} tokens", param="max_tokens", code="context_length_exceeded")
     return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-                          stop=tuple(req.stop_list()))
+                          stop=tuple(req.stop_list()), ignore_eos=req.ignore_eos)
 
 
 def serve(manifest_path: str, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,

@@ -34,6 +34,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # benchmarks: always generate max_tokens (vLLM's extension field)
 
 
 @dataclass(eq=False)
@@ -192,7 +193,7 @@ class EngineCore:
         if seq.first_token_at is None:
             seq.first_token_at = now
         p = seq.params
-        if token in self.runner.eos_ids:
+        if token in self.runner.eos_ids and not p.ignore_eos:
             seq.finish_reason = "stop"
             return self._emit(seq, 0, final=True)
         seq.output_ids.append(token)

@@ -44,6 +44,7 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = 1
     user: str | None = None
+    ignore_eos: bool = False  # vLLM extension: keep generating past end-of-sequence (benchmarks)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
