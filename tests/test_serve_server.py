@@ -59,9 +59,12 @@ def reference(tiny_model):
     return tok, greedy
 
 
-def _post(server, path, body, key=KEY, **kw):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+def _post(server, path, body, key=KEY, headers=None, **kw):
+    headers = {**({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     return httpx.post(server.url + path, json=body, headers=headers, timeout=60, **kw)
+
+
+NO_STORE = {"cache-control": "no-store"}  # these tests are about the engine, not the response cache
 
 
 def test_health_models_and_metrics(server, client):
@@ -125,10 +128,12 @@ def test_streaming_matches_non_streaming(server, client):
 
 def test_concurrent_requests_are_batched_and_match_alone(server):
     body = lambda p: {"model": "tiny-b", "prompt": p, "max_tokens": 24, "temperature": 0}  # noqa: E731
-    alone = [_post(server, "/v1/completions", body(p)).json()["choices"][0]["text"] for p in PROMPTS]
+    alone = [_post(server, "/v1/completions", body(p), headers=NO_STORE).json()["choices"][0]["text"]
+             for p in PROMPTS]
     before = httpx.get(server.url + "/metrics").text
     with cf.ThreadPoolExecutor(len(PROMPTS)) as pool:
-        together = list(pool.map(lambda p: _post(server, "/v1/completions", body(p)).json(), PROMPTS))
+        together = list(pool.map(lambda p: _post(server, "/v1/completions", body(p), headers=NO_STORE).json(),
+                                  PROMPTS))
     after = httpx.get(server.url + "/metrics").text
     assert [t["choices"][0]["text"] for t in together] == alone
     single = lambda text: metric(text, "compress_batch_size_bucket", tier="tiny-b", le="1.0")  # noqa: E731
@@ -219,7 +224,8 @@ def test_queue_bound_then_graceful_shutdown(tiers, tmp_path):
     try:
         body = {"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 60, "temperature": 0}
         with cf.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda _: _post(s, "/v1/completions", body, key=None), range(8)))
+            answers = list(pool.map(lambda _: _post(s, "/v1/completions", body, key=None, headers=NO_STORE),
+                                    range(8)))
         codes = sorted(a.status_code for a in answers)
         assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
         refused = next(a for a in answers if a.status_code == 429)

@@ -21,12 +21,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compress.manifest import LocalTier, Manifest
+from compress.serve import cache as cache_mod
 from compress.serve import protocol as P
 from compress.serve.batcher import SamplingParams
 from compress.serve.engine import AsyncEngine, load_engine
 from compress.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from compress.serve.protocol import APIError
 from compress.serve.remote import RemoteTier
+from compress.serve.cache import ResponseCache
 from compress.serve.router import Router
 
 log = logging.getLogger("compress.serve")
@@ -40,12 +42,16 @@ class ServeSettings:
     max_wait_ms: float = 10.0
     api_keys: list[str] = field(default_factory=list)
     device: str = "cpu"
+    cache_ttl_s: float = 300.0  # default lifetime of a cached answer; 0 turns the cache off
+    cache_max_bytes: int = 64 << 20
+    route_floor: float = 0.8  # `auto`: the easiest requests accept tiers within this of the best quality
 
 
 def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, AsyncEngine] | None = None) -> FastAPI:
     """The app; local tiers' engines are loaded at startup (before the port opens) unless given."""
     metrics = ServeMetrics() if not engines else next(iter(engines.values())).metrics
-    router = Router(manifest)
+    router = Router(manifest, floor=settings.route_floor)
+    cache = ResponseCache(settings.cache_max_bytes)
     state: dict[str, Any] = {"engines": dict(engines or {}), "remotes": {}}
 
     @asynccontextmanager
@@ -133,46 +139,98 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         return await _handle(req, request, chat=True)
 
     async def _handle(req, request: Request, chat: bool):
-        tier = router.route(req.model)
         if req.n != 1:
             raise APIError(400, "only n=1 is supported", param="n")
-        headers = {"x-compress-tier": tier.name}
-        if tier.name in state["remotes"]:
-            return await _proxy(state["remotes"][tier.name], req, chat, headers)
-        engine: AsyncEngine = state["engines"][tier.name]
+        prompt_text = "\n".join(m.text() for m in req.messages) if chat else _prompt_text(req.prompt)
+        decision = router.route(req.model, prompt_text, _requested_tokens(req))
+        cls = _priority_class(req, request)
+        if decision.difficulty is not None:
+            log.info("route %s: difficulty %.2f needs quality %s -> %s", req.model, decision.difficulty,
+                     "any" if decision.required_quality is None else f"{decision.required_quality:.2f}",
+                     ", ".join(t.name for t in decision.tiers))
+        body = req.model_dump(exclude_unset=True)
+        auth_key = request.headers.get("authorization", "").partition(" ")[2].strip() or None
+        pol = cache_mod.policy(request.headers.get("cache-control"), settings.cache_ttl_s,
+                               deterministic=req.temperature == 0, stream=req.stream)
+        scope = cache_mod.scope(req.user, auth_key,
+                                request.headers.get("x-compress-cache-scope", "").lower() == cache_mod.SHARED)
+        for i, tier in enumerate(decision.tiers):
+            headers = {"x-compress-tier": tier.name, "x-compress-class": cls}
+            key = cache_mod.cache_key(scope, tier.name, body) if (pol.read or pol.write) else None
+            if pol.read:
+                hit = cache.get(key, pol.max_age_s)
+                metrics.cache.labels(tier.name, "hit" if hit else "miss").inc()
+                if hit is not None:
+                    metrics.requests.labels(tier.name, "200", cls).inc()
+                    return JSONResponse(hit, headers={**headers, "x-compress-cache": "hit", "x-compress-cost": "0"})
+            if pol.read or pol.write:
+                headers["x-compress-cache"] = "miss"
+            try:
+                if tier.name in state["remotes"]:
+                    status, resp, answer = await _proxy(state["remotes"][tier.name], req, chat, headers, cls)
+                    if status in _RETRYABLE and i + 1 < len(decision.tiers):
+                        raise APIError(status, "remote tier failed")
+                else:
+                    resp, answer = await _local(state["engines"][tier.name], tier, req, request, chat, headers, cls)
+            except APIError as e:
+                if e.status in _RETRYABLE and i + 1 < len(decision.tiers):
+                    metrics.fallbacks.labels(tier.name, str(e.status)).inc()
+                    log.info("tier %s answered %d; falling back to %s", tier.name, e.status,
+                             decision.tiers[i + 1].name)
+                    continue
+                raise
+            if answer is not None and pol.write and key is not None:
+                cache.put(key, answer, pol.ttl_s)
+            return resp
+        raise AssertionError("unreachable: the last tier either answers or raises")
+
+    async def _local(engine: AsyncEngine, tier, req, request: Request, chat: bool, headers: dict, cls: str):
+        """(response, JSON answer to cache or None) from a local tier's engine."""
         prompt_ids = _chat_ids(engine, req) if chat else _prompt_ids(engine, req)
         params = _params(engine, req, len(prompt_ids), chat)
         rid = P.new_id("chatcmpl" if chat else "cmpl")
         start = time.monotonic()
-        stream = engine.generate(rid, prompt_ids, params)
+        stream = engine.generate(rid, prompt_ids, params, priority=PRIORITY[cls])
+        first = await _first_event(stream, tier.name, cls)  # queue full / model failure: still retryable
         if req.stream:
-            first = await _first_event(stream, tier.name, start)  # 429 etc. still as a JSON error
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _sse(first, stream, rid, req.model, chat, len(prompt_ids), include_usage, tier.name, start),
-                media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+                _sse(first, stream, rid, req.model, chat, len(prompt_ids), include_usage, tier.name, start, cls),
+                media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}), None
         try:
-            text, finish, n_out = await _collect(stream, request, tier.name, start)
+            text, finish, n_out = await _collect(first, stream, request, tier.name, start, cls)
         except _ClientGone:
-            return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
+            return Response(status_code=499), None  # nobody is listening; nginx's "client closed request"
         use = P.usage(len(prompt_ids), n_out)
         metrics.prompt_tokens.labels(tier.name).inc(len(prompt_ids))
-        body = (P.chat_body if chat else P.completion_body)(rid, req.model, text, finish, use)
-        return JSONResponse(body, headers=headers)
+        answer = (P.chat_body if chat else P.completion_body)(rid, req.model, text, finish, use)
+        cost = _cost(tier, use)
+        if cost is not None:
+            headers = {**headers, "x-compress-cost": f"{cost:.8f}"}
+            metrics.cost.labels(tier.name, cls).inc(cost)
+        return JSONResponse(answer, headers=headers), answer
 
-    async def _first_event(stream, tier: str, start: float):
+    async def _first_event(stream, tier: str, cls: str):
         try:
-            return await stream.__anext__()
+            ev = await stream.__anext__()
+            if ev.finished and ev.seq.finish_reason == "error":
+                raise APIError(500, f"generation failed: {ev.seq.error}", type="server_error")
+            return ev
         except APIError as e:
-            metrics.requests.labels(tier, str(e.status)).inc()
+            metrics.requests.labels(tier, str(e.status), cls).inc()
             raise
 
-    async def _collect(stream, request: Request, tier: str, start: float) -> tuple[str, str, int]:
-        parts, n_out, finish = [], 0, None
+    async def _collect(first, stream, request: Request, tier: str, start: float, cls: str) -> tuple[str, str, int]:
+        parts, n_out, ev = [], 0, first
         try:
-            it = stream.__aiter__()
             while True:
-                nxt = asyncio.ensure_future(it.__anext__())
+                parts.append(ev.delta)
+                n_out += ev.new_tokens
+                if ev.finished:
+                    if ev.seq.finish_reason == "error":
+                        raise APIError(500, f"generation failed: {ev.seq.error}", type="server_error")
+                    break
+                nxt = asyncio.ensure_future(stream.__anext__())
                 while not nxt.done():
                     await asyncio.wait([nxt], timeout=0.5)
                     if not nxt.done() and await request.is_disconnected():
@@ -180,27 +238,17 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
                         # sequence and frees its batch slot.
                         nxt.cancel()
                         await asyncio.gather(nxt, return_exceptions=True)
-                        metrics.requests.labels(tier, "499").inc()
+                        metrics.requests.labels(tier, "499", cls).inc()
                         raise _ClientGone()
-                try:
-                    ev = nxt.result()
-                except StopAsyncIteration:
-                    break
-                parts.append(ev.delta)
-                n_out += ev.new_tokens
-                if ev.finished:
-                    finish = ev.seq.finish_reason
-                    if finish == "error":
-                        raise APIError(500, f"generation failed: {ev.seq.error}", type="server_error")
-                    break
+                ev = nxt.result()
         except APIError as e:
-            metrics.requests.labels(tier, str(e.status)).inc()
+            metrics.requests.labels(tier, str(e.status), cls).inc()
             raise
-        metrics.requests.labels(tier, "200").inc()
-        metrics.e2e.labels(tier).observe(time.monotonic() - start)
-        return "".join(parts), finish, n_out
+        metrics.requests.labels(tier, "200", cls).inc()
+        metrics.e2e.labels(tier, cls).observe(time.monotonic() - start)
+        return "".join(parts), ev.seq.finish_reason, n_out
 
-    async def _sse(first, stream, rid, model, chat, n_prompt, include_usage, tier, start) -> AsyncIterator[bytes]:
+    async def _sse(first, stream, rid, model, chat, n_prompt, include_usage, tier, start, cls) -> AsyncIterator[bytes]:
         n_out, status = 0, "200"
 
         def chunk(delta_text: str, finish: str | None) -> bytes:
@@ -242,37 +290,49 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             raise
         finally:
             await stream.aclose()
-            metrics.requests.labels(tier, status).inc()
+            metrics.requests.labels(tier, status, cls).inc()
             if status == "200":
                 metrics.prompt_tokens.labels(tier).inc(n_prompt)
-                metrics.e2e.labels(tier).observe(time.monotonic() - start)
+                metrics.e2e.labels(tier, cls).observe(time.monotonic() - start)
+                tier_obj = manifest.tier(tier)
+                cost = _cost(tier_obj, P.usage(n_prompt, n_out))
+                if cost is not None:
+                    metrics.cost.labels(tier, cls).inc(cost)
 
-    async def _proxy(remote: RemoteTier, req, chat: bool, headers: dict[str, str]):
+    async def _proxy(remote: RemoteTier, req, chat: bool, headers: dict[str, str], cls: str):
+        """(status, response, JSON answer to cache or None) from a remote tier."""
         path = "/chat/completions" if chat else "/completions"
         body = req.model_dump(exclude_unset=True)  # forward what the client sent, no defaults of ours
+        for field_ in ("priority",):  # ours, not OpenAI's
+            body.pop(field_, None)
         start = time.monotonic()
         name = remote.tier.name
         if req.stream:
             status, result = await remote.stream(path, body)
-            metrics.requests.labels(name, str(status)).inc()
+            metrics.requests.labels(name, str(status), cls).inc()
             if status != 200:
-                return JSONResponse(result, status_code=status, headers=headers)
+                return status, JSONResponse(result, status_code=status, headers=headers), None
 
             async def relay():
                 async for part in result:
                     yield part
-                metrics.e2e.labels(name).observe(time.monotonic() - start)
+                metrics.e2e.labels(name, cls).observe(time.monotonic() - start)
 
-            return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+            return status, StreamingResponse(relay(), media_type="text/event-stream", headers=headers), None
         status, data = await remote.request(path, body)
-        metrics.requests.labels(name, str(status)).inc()
-        if status == 200:
-            metrics.e2e.labels(name).observe(time.monotonic() - start)
-            use = data.get("usage") or {}
-            metrics.prompt_tokens.labels(name).inc(use.get("prompt_tokens", 0) or 0)
-            metrics.generation_tokens.labels(name).inc(use.get("completion_tokens", 0) or 0)
-            data["model"] = req.model
-        return JSONResponse(data, status_code=status, headers=headers)
+        metrics.requests.labels(name, str(status), cls).inc()
+        if status != 200:
+            return status, JSONResponse(data, status_code=status, headers=headers), None
+        metrics.e2e.labels(name, cls).observe(time.monotonic() - start)
+        use = data.get("usage") or {}
+        metrics.prompt_tokens.labels(name).inc(use.get("prompt_tokens", 0) or 0)
+        metrics.generation_tokens.labels(name).inc(use.get("completion_tokens", 0) or 0)
+        data["model"] = req.model
+        cost = _cost(remote.tier, use)
+        if cost is not None:
+            headers = {**headers, "x-compress-cost": f"{cost:.8f}"}
+            metrics.cost.labels(name, cls).inc(cost)
+        return status, JSONResponse(data, headers=headers), data
 
     return app
 
@@ -282,6 +342,43 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
 
 class _ClientGone(Exception):
     pass
+
+
+_RETRYABLE = {429, 500, 502, 503}
+PRIORITY = {"interactive": 0, "batch": 1}
+
+
+def _priority_class(req, request: Request) -> str:
+    """`priority` field ("interactive"/"batch", or vLLM's integer: 0 or less = interactive) or the
+    `x-compress-priority` header; interactive by default."""
+    value = getattr(req, "priority", None)
+    if value is None:
+        value = request.headers.get("x-compress-priority")
+    if value is None:
+        return "interactive"
+    if isinstance(value, str) and value.lower() in PRIORITY:
+        return value.lower()
+    try:
+        return "interactive" if int(value) <= 0 else "batch"
+    except (TypeError, ValueError):
+        raise APIError(400, "priority must be 'interactive', 'batch' or an integer", param="priority") from None
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return " ".join(p for p in prompt if isinstance(p, str)) if prompt else ""
+
+
+def _requested_tokens(req) -> int | None:
+    return getattr(req, "max_completion_tokens", None) or req.max_tokens
+
+
+def _cost(tier, use: dict) -> float | None:
+    """The request's cost in the manifest's currency: (prompt + completion tokens) / 1000 x cost per 1k."""
+    if tier is None or tier.cost_per_1k_tokens is None:
+        return None
+    return (use.get("total_tokens") or 0) / 1000.0 * tier.cost_per_1k_tokens
 
 
 def _prompt_ids(engine: AsyncEngine, req: P.CompletionRequest) -> list[int]:

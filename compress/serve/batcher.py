@@ -6,7 +6,8 @@ clock.
 Admission rule. While a batch is running, waiting requests join it at the next step (up to
 `max_batch`), so a request waits at most one step. When the engine is idle, the first request
 waits for company until `max_batch` requests are waiting or it has waited `max_wait_s`, whichever
-comes first: that bound is what `--max-wait-ms` sets. The waiting queue holds at most `max_queue`
+comes first: that bound is what `--max-wait-ms` sets. Free slots go to interactive requests before
+batch ones (priority classes), first come first served within a class. The waiting queue holds at most `max_queue`
 requests; past that, `add` raises QueueFull (the server answers 429).
 
 One step = schedule (aborts out, admissions in) -> one joint decode step for the sequences already
@@ -43,6 +44,7 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     arrival: float
+    priority: int = 0  # 0 = interactive, 1 = batch: lower is admitted first
     output_ids: list[int] = field(default_factory=list)
     text: str = ""  # output text that may be shown (stop strings cut off)
     emitted: int = 0  # characters of `text` already handed out
@@ -126,10 +128,15 @@ class Batcher:
             due = (len(self.waiting) >= self.max_batch or self.waiting[0].arrival + self.max_wait_s <= now)
             if idle and not due:
                 return dropped, admitted
-            while self.waiting and len(self.running) + len(admitted) < self.max_batch:
-                seq = self.waiting.popleft()
-                seq.admitted_at = now
-                admitted.append(seq)
+            free = self.max_batch - len(self.running)
+            if free > 0:
+                # Interactive before batch, then first come first served (sorted() is stable).
+                order = sorted(self.waiting, key=lambda s: s.priority)
+                admitted = order[:free]
+                taken = set(map(id, admitted))
+                self.waiting = deque(s for s in self.waiting if id(s) not in taken)
+                for seq in admitted:
+                    seq.admitted_at = now
             return dropped, admitted
 
     def start(self, seqs: list[Sequence]) -> None:

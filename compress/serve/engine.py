@@ -45,12 +45,13 @@ class AsyncEngine:
             self._cv.notify_all()
         self._thread.join(timeout)
 
-    async def generate(self, rid: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Event]:
+    async def generate(self, rid: str, prompt_ids: list[int], params: SamplingParams,
+                       priority: int = 0) -> AsyncIterator[Event]:
         """Events for one request until it finishes; leaving early (client gone) aborts it."""
         if self._stopping:
             raise APIError(503, "server is shutting down", type="server_error", code="shutting_down",
                            headers={"Retry-After": "5"})
-        seq = Sequence(rid, prompt_ids, params, arrival=self.clock())
+        seq = Sequence(rid, prompt_ids, params, arrival=self.clock(), priority=priority)
         seq.sink = (asyncio.get_running_loop(), asyncio.Queue())
         try:
             self.core.batcher.add(seq)

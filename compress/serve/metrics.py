@@ -14,10 +14,10 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServeMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("compress_requests", "Requests answered, by tier and HTTP status.",
-                                ["tier", "status"], registry=r)
+        self.requests = Counter("compress_requests", "Requests answered, by tier, HTTP status and class.",
+                                ["tier", "status", "class"], registry=r)
         self.e2e = Histogram("compress_e2e_request_latency_seconds", "End-to-end request latency.",
-                             ["tier"], buckets=_LATENCY_BUCKETS, registry=r)
+                             ["tier", "class"], buckets=_LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("compress_time_to_first_token_seconds", "Time to first token.",
                               ["tier"], buckets=_LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("compress_inter_token_latency_seconds", "Time between output tokens.",
@@ -28,6 +28,12 @@ class ServeMetrics:
         self.generation_tokens = Counter("compress_generation_tokens", "Tokens generated.", ["tier"], registry=r)
         self.queue_depth = Gauge("compress_queue_depth", "Requests waiting for a batch slot.", ["tier"], registry=r)
         self.running = Gauge("compress_running_requests", "Requests in the running batch.", ["tier"], registry=r)
+        self.cache = Counter("compress_cache_lookups", "Response cache lookups, by result (hit/miss).",
+                             ["tier", "result"], registry=r)
+        self.fallbacks = Counter("compress_fallbacks", "Requests passed on to the next tier, by the failing "
+                                 "tier and its status.", ["tier", "status"], registry=r)
+        self.cost = Counter("compress_cost", "Cost of answered requests in the manifest's currency.",
+                            ["tier", "class"], registry=r)
         self.batch_size = Histogram("compress_batch_size", "Sequences per joint decode step.", ["tier"],
                                     buckets=_BATCH_BUCKETS, registry=r)
 

@@ -44,6 +44,7 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = 1
     user: str | None = None
+    priority: int | str | None = None  # "interactive" | "batch" | vLLM-style int (<= 0 = interactive)
     ignore_eos: bool = False  # vLLM extension: keep generating past end-of-sequence (benchmarks)
 
     def stop_list(self) -> list[str]:
