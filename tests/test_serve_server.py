@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import shutil
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -17,7 +19,7 @@ from compress.models import load_causal_lm, load_tokenizer
 from compress.testing import build_tiny_llama
 from tests.serve_helpers import Server, metric
 
-KEY = "sk-test-123"
+KEY, KEY2 = "sk-test-123", "sk-other-456"
 PROMPTS = ["The quick brown fox", "In the beginning of the module there was", "def foo(x):\n    return",
            "Hi", "Once upon a time", "import os"]
 
@@ -25,15 +27,18 @@ PROMPTS = ["The quick brown fox", "In the beginning of the module there was", "d
 @pytest.fixture(scope="module")
 def tiers(tmp_path_factory, tiny_model, tokenizer):
     root = tmp_path_factory.mktemp("tiers")
-    other = build_tiny_llama(root / "tiny-b", seed=1, tokenizer=tokenizer)
-    m = build_manifest([str(tiny_model), str(other)], names=[f"tiny-a={tiny_model}", f"tiny-b={other}"],
-                       costs=["tiny-a=0.001", "tiny-b=0.002"])
+    small = Path(shutil.copytree(tiny_model, root / "tiny-a"))
+    large = build_tiny_llama(root / "tiny-b", seed=1, tokenizer=tokenizer)
+    # Quality as `compress eval` would record it: tiny-b is the better (and dearer) tier.
+    (small / "eval.json").write_text(json.dumps({"tasks": {"arc_easy": {"acc": 0.62}}}))
+    (large / "eval.json").write_text(json.dumps({"tasks": {"arc_easy": {"acc": 0.70}}}))
+    m = build_manifest([str(small), str(large)], costs=["tiny-a=0.001", "tiny-b=0.002"])
     return write_manifest(m, root / "tiers.yaml")
 
 
 @pytest.fixture(scope="module")
 def server(tiers, tmp_path_factory):
-    s = Server(tiers, "--max-batch", "8", "--max-wait-ms", "200", "--api-key", KEY,
+    s = Server(tiers, "--max-batch", "8", "--max-wait-ms", "200", "--api-key", KEY, "--api-key", KEY2,
                log=tmp_path_factory.mktemp("log") / "server.log")
     yield s
     assert s.stop() == 0
@@ -233,6 +238,15 @@ def test_queue_bound_then_graceful_shutdown(tiers, tmp_path):
         texts = {a.json()["choices"][0]["text"] for a in answers if a.status_code == 200}
         assert len(texts) == 1  # every accepted request was answered in full
 
+        # `auto` falls back to the next tier that fits when the first choice's queue is full.
+        auto = {**body, "model": "auto"}
+        with cf.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: _post(s, "/v1/completions", auto, key=None, headers=NO_STORE),
+                                    range(6)))
+        served_by = [a.headers["x-compress-tier"] for a in answers if a.status_code == 200]
+        assert "tiny-a" in served_by and "tiny-b" in served_by, [a.status_code for a in answers]
+        assert metric(httpx.get(s.url + "/metrics").text, "compress_fallbacks_total", tier="tiny-a", status="429") > 0
+
         # SIGTERM while two requests are in flight: both finish, then the process exits cleanly.
         def stream_all():
             with httpx.stream("POST", s.url + "/v1/completions", timeout=60,
@@ -255,3 +269,69 @@ def test_queue_bound_then_graceful_shutdown(tiers, tmp_path):
             httpx.get(s.url + "/health")
     finally:
         s.stop()
+
+
+HARD = ("Prove step by step that this algorithm's complexity is O(n log n), then implement it:\n"
+        "def merge_sort(xs):\n    return xs")
+
+
+def test_auto_routes_easy_to_small_and_hard_to_large_with_cost(server):
+    easy = _post(server, "/v1/completions", {"model": "auto", "prompt": "Hi there", "max_tokens": 6,
+                                             "temperature": 0}, headers=NO_STORE)
+    hard = _post(server, "/v1/completions", {"model": "auto", "prompt": HARD, "max_tokens": 40, "temperature": 0},
+                 headers=NO_STORE)
+    assert easy.headers["x-compress-tier"] == "tiny-a" and hard.headers["x-compress-tier"] == "tiny-b"
+    use = hard.json()["usage"]
+    assert float(hard.headers["x-compress-cost"]) == pytest.approx(use["total_tokens"] / 1000 * 0.002, rel=1e-6)
+    text = httpx.get(server.url + "/metrics").text
+    assert metric(text, "compress_cost_total", tier="tiny-b") >= use["total_tokens"] / 1000 * 0.002 * 0.999
+
+
+def test_response_cache_scoped_per_user_with_ttl_and_no_store(server):
+    body = {"model": "tiny-a", "prompt": "Cache me", "max_tokens": 5, "temperature": 0, "user": "alice"}
+
+    def ask(b=body, key=KEY, **headers):
+        r = _post(server, "/v1/completions", b, key=key, headers=headers)
+        assert r.status_code == 200
+        return r.headers.get("x-compress-cache"), r.json()
+
+    first, answer = ask()
+    again, cached = ask()
+    assert (first, again) == ("miss", "hit") and cached == answer
+    assert ask({**body, "user": "bob"})[0] == "miss"  # another user never gets alice's entry
+    assert ask(key=KEY2)[0] == "miss"  # nor does the same user name under another API key
+    assert ask(**{"x-compress-cache-scope": "shared"})[0] == "miss"
+    assert ask({**body, "user": "carol"}, **{"x-compress-cache-scope": "shared"})[0] == "hit"  # shared on request
+    assert ask(**{"cache-control": "no-cache"})[0] == "miss"  # lookup skipped
+    assert ask({**body, "temperature": 0.7, "seed": 1})[0] is None  # sampled answers are not cached
+
+    fresh = {**body, "prompt": "Never stored"}
+    assert ask(fresh, **{"cache-control": "no-store"})[0] is None
+    assert ask(fresh)[0] == "miss"  # no-store wrote nothing
+
+    short = {**body, "prompt": "Short lived"}
+    assert ask(short, **{"cache-control": "max-age=1"})[0] == "miss"
+    assert ask(short)[0] == "hit"
+    time.sleep(1.2)
+    assert ask(short)[0] == "miss"  # its TTL ran out
+    text = httpx.get(server.url + "/metrics").text
+    assert metric(text, "compress_cache_lookups_total", tier="tiny-a", result="hit") >= 3
+
+
+def test_slo_controller_sheds_batch_then_all_with_retry_after(tiers, tmp_path):
+    # A 10 ms interactive p95 target that a CPU cannot meet: after 5 slow answers the controller is
+    # past the target, so it refuses new work of both classes with 503 + Retry-After, and says so.
+    s = Server(tiers, "--slo-p95", "0.01", log=tmp_path / "slo.log")
+    try:
+        body = {"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 20, "temperature": 0}
+        for _ in range(5):
+            assert _post(s, "/v1/completions", body, key=None, headers=NO_STORE).status_code == 200
+        for cls in ("batch", "interactive"):
+            r = _post(s, "/v1/completions", {**body, "priority": cls}, key=None, headers=NO_STORE)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "slo_shed" and r.headers["retry-after"]
+        text = httpx.get(s.url + "/metrics").text
+        assert metric(text, "compress_slo_state") == 3
+        assert metric(text, "compress_shed_requests_total", **{"class": "batch"}) == 1
+        assert httpx.get(s.url + "/health").status_code == 200
+    finally:
+        assert s.stop() == 0

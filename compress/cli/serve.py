@@ -20,6 +20,10 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(help="Longest an idle engine holds a request to fill a batch.")] = 10.0,
     api_key: Annotated[Optional[list[str]], typer.Option("--api-key", help="Accepted API key (repeatable); none = no auth.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    cache_ttl: Annotated[float, typer.Option(help="Seconds a cached answer (temperature 0) lives; 0 = no cache.")] = 300.0,
+    cache_max_mb: Annotated[float, typer.Option(help="Response cache bound (LRU), in MiB.")] = 64.0,
+    route_floor: Annotated[float, typer.Option(help="`auto`: quality (relative to the best tier) the easiest requests accept.")] = 0.8,
+    slo_p95: Annotated[Optional[float], typer.Option(help="Interactive p95 end-to-end target in seconds; enables the SLO controller.")] = None,
     shutdown_timeout: Annotated[float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM.")] = 60.0,
 ) -> None:
     """Serve the manifest's tiers over an OpenAI-compatible HTTP API."""
@@ -28,8 +32,13 @@ def serve(
     from compress.serve.app import ServeSettings
     from compress.serve.app import serve as run
 
-    if max_batch < 1 or max_queue < 0 or max_wait_ms < 0:
-        raise CompressError("--max-batch must be >= 1, --max-queue and --max-wait-ms >= 0")
+    if max_batch < 1 or max_queue < 0 or max_wait_ms < 0 or cache_ttl < 0 or not 0 <= route_floor <= 1:
+        raise CompressError("--max-batch must be >= 1; --max-queue, --max-wait-ms, --cache-ttl >= 0; "
+                            "--route-floor in [0, 1]")
+    if slo_p95 is not None and slo_p95 <= 0:
+        raise CompressError("--slo-p95 must be > 0 seconds")
     settings = ServeSettings(max_queue=max_queue, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                             api_keys=list(api_key or []), device=device or runtime.default_device())
+                             api_keys=list(api_key or []), device=device or runtime.default_device(),
+                             cache_ttl_s=cache_ttl, cache_max_bytes=int(cache_max_mb * (1 << 20)),
+                             route_floor=route_floor, slo_interactive_p95_s=slo_p95)
     run(str(manifest), settings, host=host, port=port, shutdown_timeout_s=shutdown_timeout)

@@ -30,6 +30,7 @@ from compress.serve.protocol import APIError
 from compress.serve.remote import RemoteTier
 from compress.serve.cache import ResponseCache
 from compress.serve.router import Router
+from compress.serve.slo import SLOConfig, SLOController
 
 log = logging.getLogger("compress.serve")
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -45,6 +46,7 @@ class ServeSettings:
     cache_ttl_s: float = 300.0  # default lifetime of a cached answer; 0 turns the cache off
     cache_max_bytes: int = 64 << 20
     route_floor: float = 0.8  # `auto`: the easiest requests accept tiers within this of the best quality
+    slo_interactive_p95_s: float | None = None  # None: no SLO controller
 
 
 def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, AsyncEngine] | None = None) -> FastAPI:
@@ -52,6 +54,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
     metrics = ServeMetrics() if not engines else next(iter(engines.values())).metrics
     router = Router(manifest, floor=settings.route_floor)
     cache = ResponseCache(settings.cache_max_bytes)
+    slo = SLOController(SLOConfig(settings.slo_interactive_p95_s)) if settings.slo_interactive_p95_s else None
     state: dict[str, Any] = {"engines": dict(engines or {}), "remotes": {}}
 
     @asynccontextmanager
@@ -102,6 +105,15 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         return JSONResponse(APIError(500, f"internal error: {type(e).__name__}", type="server_error").body(),
                             status_code=500)
 
+    def engines_() -> list[AsyncEngine]:
+        return list(state["engines"].values())
+
+    def finished(tier: str, cls: str, start: float) -> None:
+        latency = time.monotonic() - start
+        metrics.e2e.labels(tier, cls).observe(latency)
+        if slo is not None:
+            slo.observe(cls, latency, time.monotonic())
+
     def check_key(request: Request) -> None:
         if not settings.api_keys:
             return
@@ -142,8 +154,20 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         if req.n != 1:
             raise APIError(400, "only n=1 is supported", param="n")
         prompt_text = "\n".join(m.text() for m in req.messages) if chat else _prompt_text(req.prompt)
-        decision = router.route(req.model, prompt_text, _requested_tokens(req))
         cls = _priority_class(req, request)
+        floor = None
+        if slo is not None:
+            now = time.monotonic()
+            metrics.slo_state.set(int(slo.state(now)))
+            for eng in engines_():
+                eng.core.batcher.max_wait_s = settings.max_wait_ms / 1000 * slo.wait_scale(now)
+            if not slo.admit(cls, now):
+                metrics.shed.labels(cls).inc()
+                raise APIError(503, f"shedding {cls} load to keep interactive p95 under "
+                               f"{settings.slo_interactive_p95_s:g} s; retry later", type="server_error",
+                               code="slo_shed", headers={"Retry-After": "2"})
+            floor = slo.route_floor(settings.route_floor, now)
+        decision = router.route(req.model, prompt_text, _requested_tokens(req), floor=floor)
         if decision.difficulty is not None:
             log.info("route %s: difficulty %.2f needs quality %s -> %s", req.model, decision.difficulty,
                      "any" if decision.required_quality is None else f"{decision.required_quality:.2f}",
@@ -161,6 +185,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
                 hit = cache.get(key, pol.max_age_s)
                 metrics.cache.labels(tier.name, "hit" if hit else "miss").inc()
                 if hit is not None:
+                    hit["model"] = req.model
                     metrics.requests.labels(tier.name, "200", cls).inc()
                     return JSONResponse(hit, headers={**headers, "x-compress-cache": "hit", "x-compress-cost": "0"})
             if pol.read or pol.write:
@@ -245,7 +270,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             metrics.requests.labels(tier, str(e.status), cls).inc()
             raise
         metrics.requests.labels(tier, "200", cls).inc()
-        metrics.e2e.labels(tier, cls).observe(time.monotonic() - start)
+        finished(tier, cls, start)
         return "".join(parts), ev.seq.finish_reason, n_out
 
     async def _sse(first, stream, rid, model, chat, n_prompt, include_usage, tier, start, cls) -> AsyncIterator[bytes]:
@@ -293,7 +318,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             metrics.requests.labels(tier, status, cls).inc()
             if status == "200":
                 metrics.prompt_tokens.labels(tier).inc(n_prompt)
-                metrics.e2e.labels(tier, cls).observe(time.monotonic() - start)
+                finished(tier, cls, start)
                 tier_obj = manifest.tier(tier)
                 cost = _cost(tier_obj, P.usage(n_prompt, n_out))
                 if cost is not None:
@@ -316,14 +341,14 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             async def relay():
                 async for part in result:
                     yield part
-                metrics.e2e.labels(name, cls).observe(time.monotonic() - start)
+                finished(name, cls, start)
 
             return status, StreamingResponse(relay(), media_type="text/event-stream", headers=headers), None
         status, data = await remote.request(path, body)
         metrics.requests.labels(name, str(status), cls).inc()
         if status != 200:
             return status, JSONResponse(data, status_code=status, headers=headers), None
-        metrics.e2e.labels(name, cls).observe(time.monotonic() - start)
+        finished(name, cls, start)
         use = data.get("usage") or {}
         metrics.prompt_tokens.labels(name).inc(use.get("prompt_tokens", 0) or 0)
         metrics.generation_tokens.labels(name).inc(use.get("completion_tokens", 0) or 0)

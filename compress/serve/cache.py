@@ -18,14 +18,12 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 SHARED = "shared"
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     read: bool
     write: bool
     ttl_s: float

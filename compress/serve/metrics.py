@@ -34,6 +34,10 @@ class ServeMetrics:
                                  "tier and its status.", ["tier", "status"], registry=r)
         self.cost = Counter("compress_cost", "Cost of answered requests in the manifest's currency.",
                             ["tier", "class"], registry=r)
+        self.shed = Counter("compress_shed_requests", "Requests refused by the SLO controller.", ["class"],
+                            registry=r)
+        self.slo_state = Gauge("compress_slo_state", "SLO controller state: 0 ok, 1 tight, 2 shedding batch, "
+                               "3 shedding all.", registry=r)
         self.batch_size = Histogram("compress_batch_size", "Sequences per joint decode step.", ["tier"],
                                     buckets=_BATCH_BUCKETS, registry=r)
 

@@ -68,7 +68,8 @@ class Router:
     def model_ids(self) -> list[str]:
         return [t.name for t in self.manifest.tiers] + [AUTO]
 
-    def route(self, model: str, prompt: str = "", max_tokens: int | None = None) -> Decision:
+    def route(self, model: str, prompt: str = "", max_tokens: int | None = None,
+              floor: float | None = None) -> Decision:
         if model != AUTO:
             tier = self.manifest.tier(model)
             if tier is None:
@@ -76,7 +77,8 @@ class Router:
                                f"{', '.join(self.model_ids())}", param="model", code="model_not_found")
             return Decision([tier], None, None)
         d = difficulty(prompt, max_tokens)
-        need = self.floor + (1 - self.floor) * d
+        floor = self.floor if floor is None else floor
+        need = floor + (1 - floor) * d
         known = [t for t in self.manifest.tiers if self.quality[t.name] is not None]
         if not known:  # nothing measured: cheapest first, everything else as fallback
             return Decision(list(self.manifest.tiers), d, None)
