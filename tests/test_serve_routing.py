@@ -118,3 +118,41 @@ def test_slo_controller_tightens_sheds_and_recovers():
     for i in range(20):
         c.observe("interactive", 0.3, now=31.0 + i * 0.1)
     assert c.state(33.0) == State.OK
+
+
+def test_budget_burn_rate_alert_fires_before_the_budget_is_spent():
+    from compress.serve.budget import BudgetConfig, BudgetTracker
+
+    alerts = []
+    t = BudgetTracker(BudgetConfig(window_s=1000, max_tokens=10_000, spike_min_tokens=10**9), alerts.append)
+    assert t.record("sk-a", 100, 0.0, now=100.0) == []  # 1,000 by the end of the window: fine
+    out = t.record("sk-a", 1000, 0.0, now=150.0)  # 1,100 in 150 s -> 7,333: still fine
+    assert out == []
+    out = t.record("sk-a", 1000, 0.0, now=200.0)  # 2,100 in 200 s -> 10,500 projected: alert now
+    assert [a.kind for a in out] == ["burn"] and out[0].scope == "global" and "10,500" not in out[0].message
+    assert t.record("sk-a", 10, 0.0, now=210.0) == []  # once per window
+    assert t.refusal("sk-a", 210.0) is None  # soft budget: nothing refused
+    assert "sk-a" not in "".join(a.message for a in alerts)  # keys never appear
+
+
+def test_budget_hard_limit_per_key_and_new_window():
+    from compress.serve.budget import BudgetConfig, BudgetTracker
+
+    t = BudgetTracker(BudgetConfig(window_s=100, key_max_tokens=50, hard=True, spike_min_tokens=10**9))
+    out = t.record("sk-a", 60, None, now=10.0)
+    assert "exhausted" in [a.kind for a in out]
+    assert "API key token budget of 50" in t.refusal("sk-a", 11.0)
+    assert t.refusal("sk-b", 11.0) is None  # another key is unaffected
+    assert t.refusal("sk-a", 101.0) is None  # a new window
+
+
+def test_budget_spike_alert():
+    from compress.serve.budget import BudgetConfig, BudgetTracker
+
+    t = BudgetTracker(BudgetConfig(window_s=3600, spike_window_s=60, spike_factor=5, spike_min_tokens=500))
+    kinds = []
+    for minute in range(10):  # steady: 100 tokens a minute
+        kinds += [a.kind for a in t.record(None, 100, None, now=minute * 60.0)]
+    assert kinds == []
+    kinds += [a.kind for a in t.record(None, 2000, None, now=600.0)]  # 20x the usual minute
+    assert kinds == ["spike"]

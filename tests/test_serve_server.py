@@ -335,3 +335,47 @@ def test_slo_controller_sheds_batch_then_all_with_retry_after(tiers, tmp_path):
         assert httpx.get(s.url + "/health").status_code == 200
     finally:
         assert s.stop() == 0
+
+
+def test_budget_burn_alert_webhook_and_hard_key_limit(tiers, tmp_path):
+    import http.server
+    import threading
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    s = Server(tiers, "--api-key", KEY, "--api-key", KEY2, "--budget-tokens", "400", "--key-budget-tokens", "60",
+               "--budget-hard", "--alert-webhook", f"http://127.0.0.1:{hook.server_port}/alert",
+               log=tmp_path / "budget.log")
+    try:
+        time.sleep(5.5)  # past the first seconds of the window, where no burn rate is projected
+        body = {"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 20, "temperature": 0}
+        first = _post(s, "/v1/completions", body, headers=NO_STORE)  # ~25 of 400 tokens, at a rate far over
+        assert first.status_code == 200
+        codes = [_post(s, "/v1/completions", body, headers=NO_STORE).status_code for _ in range(3)]
+        assert codes[:2] == [200, 200] and codes[2] == 429  # KEY spent its 60 tokens: refused
+        refused = _post(s, "/v1/completions", body, headers=NO_STORE)
+        assert refused.json()["error"]["code"] == "budget_exceeded" and int(refused.headers["retry-after"]) > 0
+        assert _post(s, "/v1/completions", body, key=KEY2, headers=NO_STORE).status_code == 200  # other key
+        text = httpx.get(s.url + "/metrics").text
+        assert metric(text, "compress_budget_alerts_total", kind="burn") >= 1
+        assert metric(text, "compress_budget_alerts_total", kind="exhausted") >= 1
+        deadline = time.monotonic() + 10
+        while not any(a["kind"] == "burn" for a in received) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert any(a["kind"] == "burn" and a["scope"] == "global" for a in received)
+        assert KEY not in json.dumps(received)
+    finally:
+        assert s.stop() == 0
+        hook.shutdown()
+    assert "budget alert (burn)" in (tmp_path / "budget.log").read_text()

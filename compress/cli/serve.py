@@ -24,12 +24,19 @@ def serve(
     cache_max_mb: Annotated[float, typer.Option(help="Response cache bound (LRU), in MiB.")] = 64.0,
     route_floor: Annotated[float, typer.Option(help="`auto`: quality (relative to the best tier) the easiest requests accept.")] = 0.8,
     slo_p95: Annotated[Optional[float], typer.Option(help="Interactive p95 end-to-end target in seconds; enables the SLO controller.")] = None,
+    budget_tokens: Annotated[Optional[int], typer.Option(help="Global token budget per --budget-window.")] = None,
+    budget_cost: Annotated[Optional[float], typer.Option(help="Global cost budget per --budget-window (manifest currency).")] = None,
+    key_budget_tokens: Annotated[Optional[int], typer.Option(help="Token budget per API key per --budget-window.")] = None,
+    budget_window: Annotated[float, typer.Option(help="Budget window in seconds.")] = 3600.0,
+    budget_hard: Annotated[bool, typer.Option("--budget-hard/--budget-soft", help="Refuse (429) once a budget is spent, or only alert.")] = False,
+    alert_webhook: Annotated[Optional[str], typer.Option(help="URL that budget alerts are POSTed to as JSON.")] = None,
     shutdown_timeout: Annotated[float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM.")] = 60.0,
 ) -> None:
     """Serve the manifest's tiers over an OpenAI-compatible HTTP API."""
     from compress import runtime
     from compress.errors import CompressError
     from compress.serve.app import ServeSettings
+    from compress.serve.budget import BudgetConfig
     from compress.serve.app import serve as run
 
     if max_batch < 1 or max_queue < 0 or max_wait_ms < 0 or cache_ttl < 0 or not 0 <= route_floor <= 1:
@@ -37,8 +44,15 @@ def serve(
                             "--route-floor in [0, 1]")
     if slo_p95 is not None and slo_p95 <= 0:
         raise CompressError("--slo-p95 must be > 0 seconds")
+    budget = None
+    if budget_tokens is not None or budget_cost is not None or key_budget_tokens is not None:
+        if budget_window <= 0:
+            raise CompressError("--budget-window must be > 0 seconds")
+        budget = BudgetConfig(window_s=budget_window, max_tokens=budget_tokens, max_cost=budget_cost,
+                              key_max_tokens=key_budget_tokens, hard=budget_hard)
     settings = ServeSettings(max_queue=max_queue, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              api_keys=list(api_key or []), device=device or runtime.default_device(),
                              cache_ttl_s=cache_ttl, cache_max_bytes=int(cache_max_mb * (1 << 20)),
-                             route_floor=route_floor, slo_interactive_p95_s=slo_p95)
+                             route_floor=route_floor, slo_interactive_p95_s=slo_p95, alert_webhook=alert_webhook,
+                             budget=budget)
     run(str(manifest), settings, host=host, port=port, shutdown_timeout_s=shutdown_timeout)

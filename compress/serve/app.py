@@ -8,6 +8,7 @@ engine (or proxy it to a remote tier) and shape the answer. Every failure a clie
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,11 +30,13 @@ from compress.serve.engine import AsyncEngine, load_engine
 from compress.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from compress.serve.protocol import APIError
 from compress.serve.remote import RemoteTier
+from compress.serve.budget import Alert, BudgetConfig, BudgetTracker
 from compress.serve.cache import ResponseCache
 from compress.serve.router import Router
 from compress.serve.slo import SLOConfig, SLOController
 
 log = logging.getLogger("compress.serve")
+_ACCOUNT: contextvars.ContextVar[str | None] = contextvars.ContextVar("compress_account", default=None)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
@@ -47,6 +51,8 @@ class ServeSettings:
     cache_max_bytes: int = 64 << 20
     route_floor: float = 0.8  # `auto`: the easiest requests accept tiers within this of the best quality
     slo_interactive_p95_s: float | None = None  # None: no SLO controller
+    budget: BudgetConfig | None = None  # None: no budgets
+    alert_webhook: str | None = None  # budget alerts are POSTed here as JSON
 
 
 def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, AsyncEngine] | None = None) -> FastAPI:
@@ -105,6 +111,35 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         return JSONResponse(APIError(500, f"internal error: {type(e).__name__}", type="server_error").body(),
                             status_code=500)
 
+    def charge(tier, cls: str, use: dict) -> float | None:
+        """Account for an answered request: cost metric and budgets. Returns its cost (None = unknown)."""
+        cost = _cost(tier, use)
+        if cost is not None:
+            metrics.cost.labels(tier.name, cls).inc(cost)
+        if budget is not None:
+            budget.record(_ACCOUNT.get(), int(use.get("total_tokens") or 0), cost, time.time())
+        return cost
+
+    def on_alert(alert: Alert) -> None:
+        log.warning("budget alert (%s): %s", alert.kind, alert.message)
+        metrics.budget_alerts.labels(alert.kind).inc()
+        if settings.alert_webhook:
+            payload = {"kind": alert.kind, "scope": alert.scope, "message": alert.message}
+
+            async def post():
+                try:
+                    async with httpx.AsyncClient(timeout=5) as c:
+                        await c.post(settings.alert_webhook, json=payload)
+                except httpx.HTTPError as e:
+                    log.warning("alert webhook failed: %s", type(e).__name__)
+
+            try:
+                asyncio.get_running_loop().create_task(post())
+            except RuntimeError:
+                pass
+
+    budget = BudgetTracker(settings.budget, on_alert, start=time.time()) if settings.budget else None
+
     def engines_() -> list[AsyncEngine]:
         return list(state["engines"].values())
 
@@ -155,6 +190,15 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             raise APIError(400, "only n=1 is supported", param="n")
         prompt_text = "\n".join(m.text() for m in req.messages) if chat else _prompt_text(req.prompt)
         cls = _priority_class(req, request)
+        auth_key = request.headers.get("authorization", "").partition(" ")[2].strip() or None
+        _ACCOUNT.set(auth_key)
+        if budget is not None:
+            why = budget.refusal(auth_key, time.time())
+            if why:
+                window = budget.config.window_s
+                retry = int(window - (time.time() - budget.start) % window) + 1
+                raise APIError(429, f"budget exceeded: {why}", type="rate_limit_error", code="budget_exceeded",
+                               headers={"Retry-After": str(retry)})
         floor = None
         if slo is not None:
             now = time.monotonic()
@@ -173,7 +217,6 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
                      "any" if decision.required_quality is None else f"{decision.required_quality:.2f}",
                      ", ".join(t.name for t in decision.tiers))
         body = req.model_dump(exclude_unset=True)
-        auth_key = request.headers.get("authorization", "").partition(" ")[2].strip() or None
         pol = cache_mod.policy(request.headers.get("cache-control"), settings.cache_ttl_s,
                                deterministic=req.temperature == 0, stream=req.stream)
         scope = cache_mod.scope(req.user, auth_key,
@@ -229,10 +272,9 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         use = P.usage(len(prompt_ids), n_out)
         metrics.prompt_tokens.labels(tier.name).inc(len(prompt_ids))
         answer = (P.chat_body if chat else P.completion_body)(rid, req.model, text, finish, use)
-        cost = _cost(tier, use)
+        cost = charge(tier, cls, use)
         if cost is not None:
             headers = {**headers, "x-compress-cost": f"{cost:.8f}"}
-            metrics.cost.labels(tier.name, cls).inc(cost)
         return JSONResponse(answer, headers=headers), answer
 
     async def _first_event(stream, tier: str, cls: str):
@@ -319,10 +361,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             if status == "200":
                 metrics.prompt_tokens.labels(tier).inc(n_prompt)
                 finished(tier, cls, start)
-                tier_obj = manifest.tier(tier)
-                cost = _cost(tier_obj, P.usage(n_prompt, n_out))
-                if cost is not None:
-                    metrics.cost.labels(tier, cls).inc(cost)
+                charge(manifest.tier(tier), cls, P.usage(n_prompt, n_out))
 
     async def _proxy(remote: RemoteTier, req, chat: bool, headers: dict[str, str], cls: str):
         """(status, response, JSON answer to cache or None) from a remote tier."""
@@ -353,10 +392,9 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         metrics.prompt_tokens.labels(name).inc(use.get("prompt_tokens", 0) or 0)
         metrics.generation_tokens.labels(name).inc(use.get("completion_tokens", 0) or 0)
         data["model"] = req.model
-        cost = _cost(remote.tier, use)
+        cost = charge(remote.tier, cls, use)
         if cost is not None:
             headers = {**headers, "x-compress-cost": f"{cost:.8f}"}
-            metrics.cost.labels(name, cls).inc(cost)
         return status, JSONResponse(data, headers=headers), data
 
     return app

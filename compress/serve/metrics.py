@@ -38,6 +38,8 @@ class ServeMetrics:
                             registry=r)
         self.slo_state = Gauge("compress_slo_state", "SLO controller state: 0 ok, 1 tight, 2 shedding batch, "
                                "3 shedding all.", registry=r)
+        self.budget_alerts = Counter("compress_budget_alerts", "Budget alerts, by kind (burn, exhausted, spike).",
+                                     ["kind"], registry=r)
         self.batch_size = Histogram("compress_batch_size", "Sequences per joint decode step.", ["tier"],
                                     buckets=_BATCH_BUCKETS, registry=r)
 
