@@ -218,7 +218,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
                      ", ".join(t.name for t in decision.tiers))
         body = req.model_dump(exclude_unset=True)
         pol = cache_mod.policy(request.headers.get("cache-control"), settings.cache_ttl_s,
-                               deterministic=req.temperature == 0, stream=req.stream)
+                               deterministic=req.temperature == 0 and settings.cache_ttl_s > 0, stream=req.stream)
         scope = cache_mod.scope(req.user, auth_key,
                                 request.headers.get("x-compress-cache-scope", "").lower() == cache_mod.SHARED)
         for i, tier in enumerate(decision.tiers):
