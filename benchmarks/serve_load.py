@@ -44,10 +44,10 @@ def percentile(xs: list[float], q: float) -> float:
 
 def prompts(n: int, words: int) -> list[str]:
     """Real text: WikiText-2 lines when ../shared has them, else the built-in Python docs."""
-    src = REPO.parent / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"
-    if not src.is_file():
-        src = Path("/work/shared/data/wikitext-2/wiki.valid.tokens")
-    if src.is_file():
+    candidates = [root / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"
+                  for root in (REPO, REPO.parent, Path("/work"))]
+    src = next((c for c in candidates if c.is_file()), None)
+    if src is not None:
         lines = [ln.strip() for ln in src.read_text().splitlines() if len(ln.split()) > words and "=" not in ln]
     else:
         from compress.data import builtin_texts

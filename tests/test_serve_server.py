@@ -199,6 +199,18 @@ def test_client_disconnect_mid_stream_frees_the_slot(server):
     assert running() == 0  # cancelled, well before its 900 tokens
     text = httpx.get(server.url + "/metrics").text
     assert metric(text, "compress_requests_total", tier="tiny-a", status="499") == gone_before + 1
+
+    # A non-streaming client that gives up (here: a read timeout) is noticed too.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}", **NO_STORE},
+                   json={"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 900, "temperature": 0},
+                   timeout=httpx.Timeout(60, read=1.5))
+    deadline = time.monotonic() + 20
+    while running() != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running() == 0
+    text = httpx.get(server.url + "/metrics").text
+    assert metric(text, "compress_requests_total", tier="tiny-a", status="499") == gone_before + 2
     assert _post(server, "/v1/completions", {"model": "tiny-a", "prompt": "x", "max_tokens": 2}).status_code == 200
 
 

@@ -289,6 +289,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
 
     async def _collect(first, stream, request: Request, tier: str, start: float, cls: str) -> tuple[str, str, int]:
         parts, n_out, ev = [], 0, first
+        checked = time.monotonic()
         try:
             while True:
                 parts.append(ev.delta)
@@ -300,11 +301,16 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
                 nxt = asyncio.ensure_future(stream.__anext__())
                 while not nxt.done():
                     await asyncio.wait([nxt], timeout=0.5)
-                    if not nxt.done() and await request.is_disconnected():
+                    # Checked every 0.5 s whether or not tokens keep coming.
+                    if time.monotonic() - checked < 0.5:
+                        continue
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
                         # Cancelling the pending read runs the generator's cleanup, which aborts the
                         # sequence and frees its batch slot.
                         nxt.cancel()
                         await asyncio.gather(nxt, return_exceptions=True)
+                        await stream.aclose()  # if the read had already finished: abort here
                         metrics.requests.labels(tier, "499", cls).inc()
                         raise _ClientGone()
                 ev = nxt.result()
