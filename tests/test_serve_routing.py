@@ -156,3 +156,13 @@ def test_budget_spike_alert():
     assert kinds == []
     kinds += [a.kind for a in t.record(None, 2000, None, now=600.0)]  # 20x the usual minute
     assert kinds == ["spike"]
+
+
+def test_rate_limiter_per_key_sliding_minute():
+    from compress.serve.budget import RateLimiter
+
+    r = RateLimiter(per_minute=2)
+    assert r.admit("sk-a", 0.0) is None and r.admit("sk-a", 10.0) is None
+    assert r.admit("sk-a", 20.0) == pytest.approx(40.0)  # the first one leaves the window at 60 s
+    assert r.admit("sk-b", 20.0) is None  # keys have separate allowances
+    assert r.admit("sk-a", 60.5) is None

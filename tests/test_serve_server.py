@@ -218,7 +218,8 @@ def test_client_disconnect_mid_stream_frees_the_slot(server):
 def test_remote_tier_is_proxied_with_streaming(server, tmp_path):
     m = build_manifest([f"{server.url}/v1#tiny-a"], names=[f"far={server.url}/v1#tiny-a"],
                        api_key_envs=["far=FAR_KEY"])
-    front = Server(write_manifest(m, tmp_path / "remote.yaml"), log=tmp_path / "front.log", env={"FAR_KEY": KEY})
+    front = Server(write_manifest(m, tmp_path / "remote.yaml"), "--rate-limit-rpm", "4", log=tmp_path / "front.log",
+                   env={"FAR_KEY": KEY})
     try:
         c = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0)
         direct = _post(server, "/v1/completions", {"model": "tiny-a", "prompt": "Hello", "max_tokens": 9,
@@ -234,6 +235,13 @@ def test_remote_tier_is_proxied_with_streaming(server, tmp_path):
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"  # remote's own error
         text = httpx.get(front.url + "/metrics").text
         assert metric(text, "compress_requests_total", tier="far", status="200") == 2
+        # --rate-limit-rpm 4 per key: keyless requests share one allowance; one was used (`bad`).
+        codes = [_post(front, "/v1/completions", {"model": "far", "prompt": "x", "max_tokens": 1}, key=None).status_code
+                 for _ in range(3)]
+        assert codes == [200, 200, 200]
+        limited = _post(front, "/v1/completions", {"model": "far", "prompt": "x", "max_tokens": 1}, key=None)
+        assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
     finally:
         assert front.stop() == 0
 

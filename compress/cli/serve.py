@@ -19,6 +19,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Sequences decoded together per tier.")] = 8,
     max_wait_ms: Annotated[float, typer.Option(help="Longest an idle engine holds a request to fill a batch.")] = 10.0,
     api_key: Annotated[Optional[list[str]], typer.Option("--api-key", help="Accepted API key (repeatable); none = no auth.")] = None,
+    api_keys_file: Annotated[Optional[Path], typer.Option(help="File with accepted API keys, one per line (# comments).")] = None,
+    rate_limit_rpm: Annotated[Optional[int], typer.Option(help="Requests per minute allowed per API key.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     cache_ttl: Annotated[float, typer.Option(help="Seconds a cached answer (temperature 0) lives; 0 = no cache.")] = 300.0,
     cache_max_mb: Annotated[float, typer.Option(help="Response cache bound (LRU), in MiB.")] = 64.0,
@@ -44,6 +46,15 @@ def serve(
                             "--route-floor in [0, 1]")
     if slo_p95 is not None and slo_p95 <= 0:
         raise CompressError("--slo-p95 must be > 0 seconds")
+    keys = list(api_key or [])
+    if api_keys_file is not None:
+        if not api_keys_file.is_file():
+            raise CompressError(f"API keys file not found: {api_keys_file}")
+        keys += [ln.strip() for ln in api_keys_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        if not keys:
+            raise CompressError(f"{api_keys_file}: no API keys in it")
+    if rate_limit_rpm is not None and rate_limit_rpm < 1:
+        raise CompressError("--rate-limit-rpm must be >= 1")
     budget = None
     if budget_tokens is not None or budget_cost is not None or key_budget_tokens is not None:
         if budget_window <= 0:
@@ -51,7 +62,7 @@ def serve(
         budget = BudgetConfig(window_s=budget_window, max_tokens=budget_tokens, max_cost=budget_cost,
                               key_max_tokens=key_budget_tokens, hard=budget_hard)
     settings = ServeSettings(max_queue=max_queue, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                             api_keys=list(api_key or []), device=device or runtime.default_device(),
+                             api_keys=keys, rate_limit_rpm=rate_limit_rpm, device=device or runtime.default_device(),
                              cache_ttl_s=cache_ttl, cache_max_bytes=int(cache_max_mb * (1 << 20)),
                              route_floor=route_floor, slo_interactive_p95_s=slo_p95, alert_webhook=alert_webhook,
                              budget=budget)

@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from compress.serve.engine import AsyncEngine, load_engine
 from compress.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from compress.serve.protocol import APIError
 from compress.serve.remote import RemoteTier
-from compress.serve.budget import Alert, BudgetConfig, BudgetTracker
+from compress.serve.budget import Alert, BudgetConfig, BudgetTracker, RateLimiter
 from compress.serve.cache import ResponseCache
 from compress.serve.router import Router
 from compress.serve.slo import SLOConfig, SLOController
@@ -52,6 +53,7 @@ class ServeSettings:
     route_floor: float = 0.8  # `auto`: the easiest requests accept tiers within this of the best quality
     slo_interactive_p95_s: float | None = None  # None: no SLO controller
     budget: BudgetConfig | None = None  # None: no budgets
+    rate_limit_rpm: int | None = None  # requests per minute per API key; None: unlimited
     alert_webhook: str | None = None  # budget alerts are POSTed here as JSON
 
 
@@ -139,6 +141,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
                 pass
 
     budget = BudgetTracker(settings.budget, on_alert, start=time.time()) if settings.budget else None
+    limiter = RateLimiter(settings.rate_limit_rpm) if settings.rate_limit_rpm else None
 
     def engines_() -> list[AsyncEngine]:
         return list(state["engines"].values())
@@ -192,6 +195,12 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         cls = _priority_class(req, request)
         auth_key = request.headers.get("authorization", "").partition(" ")[2].strip() or None
         _ACCOUNT.set(auth_key)
+        if limiter is not None:
+            wait = limiter.admit(auth_key, time.monotonic())
+            if wait is not None:
+                raise APIError(429, f"rate limit of {limiter.per_minute} requests per minute reached",
+                               type="rate_limit_error", code="rate_limited",
+                               headers={"Retry-After": str(max(1, math.ceil(wait)))})
         if budget is not None:
             why = budget.refusal(auth_key, time.time())
             if why:

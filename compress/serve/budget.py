@@ -142,3 +142,27 @@ class BudgetTracker:
             out.append(Alert("spike", name, f"{name}: token spike: {last} tokens in the last "
                                             f"{c.spike_window_s:g} s, usual {baseline:.0f}"))
         return out
+
+
+class RateLimiter:
+    """At most `per_minute` requests per API key (sliding 60 s window); anonymous requests share one
+    allowance when the server has no keys."""
+
+    def __init__(self, per_minute: int):
+        if per_minute < 1:
+            raise ValueError("per_minute >= 1")
+        self.per_minute = per_minute
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, api_key: str | None, now: float) -> float | None:
+        """None if the request may go ahead (and counts it), else seconds until it could."""
+        who = key_scope(api_key) if api_key else "anonymous"
+        with self._lock:
+            q = self._hits.setdefault(who, deque())
+            while q and q[0] <= now - 60.0:
+                q.popleft()
+            if len(q) >= self.per_minute:
+                return q[0] + 60.0 - now
+            q.append(now)
+            return None
