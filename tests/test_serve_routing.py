@@ -166,3 +166,22 @@ def test_rate_limiter_per_key_sliding_minute():
     assert r.admit("sk-a", 20.0) == pytest.approx(40.0)  # the first one leaves the window at 60 s
     assert r.admit("sk-b", 20.0) is None  # keys have separate allowances
     assert r.admit("sk-a", 60.5) is None
+
+
+def test_sqlite_cache_is_shared_between_instances_with_ttl_and_bound(tmp_path):
+    from compress.serve.cache import SqliteResponseCache
+
+    now = [1000.0]
+    db = str(tmp_path / "cache.db")
+    a = SqliteResponseCache(db, max_bytes=200, clock=lambda: now[0])
+    b = SqliteResponseCache(db, max_bytes=200, clock=lambda: now[0])  # another replica
+    a.put("k", {"text": "hello"}, ttl_s=10)
+    assert b.get("k") == {"text": "hello"} and b.get("other") is None
+    now[0] += 6
+    assert b.get("k", max_age_s=5) is None and b.get("k") is not None
+    now[0] += 5
+    assert a.get("k") is None and len(b) == 0  # expired everywhere
+    for i in range(10):
+        now[0] += 1
+        a.put(f"k{i}", {"text": "x" * 30}, ttl_s=100)
+    assert b.size_bytes <= 200 and b.get("k9") is not None and b.get("k0") is None

@@ -343,12 +343,21 @@ def test_response_cache_scoped_per_user_with_ttl_and_no_store(server):
 
 @pytest.mark.slow  # starts its own server process
 def test_slo_controller_sheds_batch_then_all_with_retry_after(tiers, tmp_path):
-    # A 10 ms interactive p95 target that a CPU cannot meet: after 5 slow answers the controller is
+    # A 10 ms interactive p95 target that a CPU cannot meet: after 5 slow answers (cache hits do not
+    # count) the controller is
     # past the target, so it refuses new work of both classes with 503 + Retry-After, and says so.
-    s = Server(tiers, "--slo-p95", "0.01", log=tmp_path / "slo.log")
+    db = tmp_path / "cache.db"
+    s = Server(tiers, "--slo-p95", "0.01", "--cache-db", str(db), log=tmp_path / "slo.log")
     try:
         body = {"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 20, "temperature": 0}
-        for _ in range(5):
+        # The response cache lives in a SQLite file here (what replicas would share).
+        first = _post(s, "/v1/completions", body, key=None)
+        again = _post(s, "/v1/completions", body, key=None)
+        assert (first.headers["x-compress-cache"], again.headers["x-compress-cache"]) == ("miss", "hit")
+        import sqlite3
+
+        assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 1
+        for _ in range(4):
             assert _post(s, "/v1/completions", body, key=None, headers=NO_STORE).status_code == 200
         for cls in ("batch", "interactive"):
             r = _post(s, "/v1/completions", {**body, "priority": cls}, key=None, headers=NO_STORE)

@@ -24,6 +24,7 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     cache_ttl: Annotated[float, typer.Option(help="Seconds a cached answer (temperature 0) lives; 0 = no cache.")] = 300.0,
     cache_max_mb: Annotated[float, typer.Option(help="Response cache bound (LRU), in MiB.")] = 64.0,
+    cache_db: Annotated[Optional[Path], typer.Option(help="SQLite file for the response cache, shared by replicas (default: in-process).")] = None,
     route_floor: Annotated[float, typer.Option(help="`auto`: quality (relative to the best tier) the easiest requests accept.")] = 0.8,
     slo_p95: Annotated[Optional[float], typer.Option(help="Interactive p95 end-to-end target in seconds; enables the SLO controller.")] = None,
     budget_tokens: Annotated[Optional[int], typer.Option(help="Global token budget per --budget-window.")] = None,
@@ -64,6 +65,7 @@ def serve(
     settings = ServeSettings(max_queue=max_queue, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              api_keys=keys, rate_limit_rpm=rate_limit_rpm, device=device or runtime.default_device(),
                              cache_ttl_s=cache_ttl, cache_max_bytes=int(cache_max_mb * (1 << 20)),
+                             cache_db=str(cache_db) if cache_db else None,
                              route_floor=route_floor, slo_interactive_p95_s=slo_p95, alert_webhook=alert_webhook,
                              budget=budget)
     run(str(manifest), settings, host=host, port=port, shutdown_timeout_s=shutdown_timeout)

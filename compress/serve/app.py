@@ -32,7 +32,7 @@ from compress.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from compress.serve.protocol import APIError
 from compress.serve.remote import RemoteTier
 from compress.serve.budget import Alert, BudgetConfig, BudgetTracker, RateLimiter
-from compress.serve.cache import ResponseCache
+from compress.serve.cache import ResponseCache, SqliteResponseCache
 from compress.serve.router import Router
 from compress.serve.slo import SLOConfig, SLOController
 
@@ -50,6 +50,7 @@ class ServeSettings:
     device: str = "cpu"
     cache_ttl_s: float = 300.0  # default lifetime of a cached answer; 0 turns the cache off
     cache_max_bytes: int = 64 << 20
+    cache_db: str | None = None  # a SQLite file shared by replicas; None: in-process cache
     route_floor: float = 0.8  # `auto`: the easiest requests accept tiers within this of the best quality
     slo_interactive_p95_s: float | None = None  # None: no SLO controller
     budget: BudgetConfig | None = None  # None: no budgets
@@ -61,7 +62,8 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
     """The app; local tiers' engines are loaded at startup (before the port opens) unless given."""
     metrics = ServeMetrics() if not engines else next(iter(engines.values())).metrics
     router = Router(manifest, floor=settings.route_floor)
-    cache = ResponseCache(settings.cache_max_bytes)
+    cache = (SqliteResponseCache(settings.cache_db, settings.cache_max_bytes) if settings.cache_db
+             else ResponseCache(settings.cache_max_bytes))
     slo = SLOController(SLOConfig(settings.slo_interactive_p95_s)) if settings.slo_interactive_p95_s else None
     state: dict[str, Any] = {"engines": dict(engines or {}), "remotes": {}}
 

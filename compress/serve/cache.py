@@ -9,6 +9,9 @@ Only deterministic requests (temperature 0) are cached. Freshness: a default TTL
 per request `cache-control: max-age=N` (store for N seconds; on lookup, accept only entries younger
 than N), `no-cache` (skip the lookup, still store the fresh answer), `no-store` (neither read nor
 write). Streaming requests are neither looked up nor stored.
+
+Backends: `ResponseCache` (in-process, the default) and `SqliteResponseCache` (a file that several
+replicas share).
 """
 
 from __future__ import annotations
@@ -109,3 +112,59 @@ class ResponseCache:
     def _drop(self, key: str) -> None:
         _, _, blob = self._entries.pop(key)
         self._bytes -= len(blob)
+
+
+class SqliteResponseCache:
+    """The same cache in a SQLite file, so several server processes (replicas on one host or a shared
+    volume) answer from one store. Times are wall-clock (they are compared across processes);
+    eviction drops the least recently used entries past `max_bytes`."""
+
+    def __init__(self, path: str, max_bytes: int = 256 << 20, clock: Callable[[], float] = time.time):
+        import sqlite3
+
+        self.path, self.max_bytes, self.clock = path, max_bytes, clock
+        self._db = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, stored REAL, expires REAL, "
+                         "used REAL, size INTEGER, body BLOB)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS entries_used ON entries(used)")
+        self._lock = threading.Lock()
+
+    @property
+    def size_bytes(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+
+    def get(self, key: str, max_age_s: float | None = None) -> dict | None:
+        now = self.clock()
+        with self._lock:
+            row = self._db.execute("SELECT stored, expires, body FROM entries WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            stored, expires, body = row
+            if now >= expires:
+                self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+                return None
+            if max_age_s is not None and now - stored > max_age_s:
+                return None
+            self._db.execute("UPDATE entries SET used = ? WHERE key = ?", (now, key))
+        return json.loads(body)
+
+    def put(self, key: str, body: dict, ttl_s: float) -> None:
+        blob = json.dumps(body, separators=(",", ":")).encode()
+        if ttl_s <= 0 or len(blob) > self.max_bytes:
+            return
+        now = self.clock()
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                             (key, now, now + ttl_s, now, len(blob), blob))
+            self._db.execute("DELETE FROM entries WHERE expires <= ?", (now,))
+            total = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
+            while total > self.max_bytes:
+                k, size = self._db.execute("SELECT key, size FROM entries ORDER BY used LIMIT 1").fetchone()
+                self._db.execute("DELETE FROM entries WHERE key = ?", (k,))
+                total -= size
