@@ -415,3 +415,32 @@ def test_budget_burn_alert_webhook_and_hard_key_limit(tiers, tmp_path):
         assert s.stop() == 0
         hook.shutdown()
     assert "budget alert (burn)" in (tmp_path / "budget.log").read_text()
+
+
+@pytest.mark.slow  # starts its own server process
+def test_interactive_requests_overtake_queued_batch_work(tiers, tmp_path):
+    s = Server(tiers, "--max-batch", "1", "--max-queue", "16", "--max-wait-ms", "0", log=tmp_path / "prio.log")
+    try:
+        body = {"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}
+        done: list[str] = []
+
+        def send(name: str, priority: str):
+            r = _post(s, "/v1/completions", {**body, "priority": priority}, key=None, headers=NO_STORE)
+            assert r.status_code == 200 and r.headers["x-compress-class"] == priority
+            done.append(name)
+
+        with cf.ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(send, f"batch{i}", "batch") for i in range(4)]
+            deadline = time.monotonic() + 60
+            while metric(httpx.get(s.url + "/metrics").text, "compress_queue_depth", tier="tiny-a") < 3:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            futures.append(pool.submit(send, "interactive", "interactive"))
+            for f in futures:
+                f.result()
+        # One batch request held the only slot; the interactive one came last but went next.
+        assert done.index("interactive") == 1, done
+        text = httpx.get(s.url + "/metrics").text
+        assert metric(text, "compress_requests_total", tier="tiny-a", status="200", **{"class": "batch"}) == 4
+    finally:
+        assert s.stop() == 0
