@@ -1,0 +1,35 @@
+"""`compress manifest`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from compress.cli import app, console
+
+
+@app.command()
+def manifest(
+    models: Annotated[list[str], typer.Argument(help="Checkpoint/artifact dirs, .gguf files, or URL#MODEL_ID for a remote OpenAI-compatible endpoint.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Manifest file to write (YAML).")],
+    price_per_gpu_hour: Annotated[Optional[float], typer.Option(help="Price of one GPU-hour, for tiers benchmarked on CUDA.")] = None,
+    price_per_cpu_hour: Annotated[Optional[float], typer.Option(help="Price of one CPU machine-hour, for tiers benchmarked on CPU.")] = None,
+    name: Annotated[Optional[list[str]], typer.Option("--name", help="NAME=MODEL: the tier name for MODEL (default: its folder name).")] = None,
+    cost: Annotated[Optional[list[str]], typer.Option("--cost", help="NAME=COST: cost per 1k tokens set by hand.")] = None,
+    api_key_env: Annotated[Optional[list[str]], typer.Option("--api-key-env", help="NAME=ENVVAR: env var holding a remote tier's API key.")] = None,
+    currency: Annotated[str, typer.Option(help="Currency of prices and costs.")] = "USD",
+) -> None:
+    """Write a tier manifest: one tier per model, cheapest first, with its measured quality, speed and cost."""
+    from compress.manifest import build_manifest, write_manifest
+
+    m = build_manifest(models, names=name or [], costs=cost or [], api_key_envs=api_key_env or [],
+                       price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour,
+                       currency=currency)
+    write_manifest(m, output)
+    for t in m.tiers:
+        cost_s = "unknown" if t.cost_per_1k_tokens is None else f"{t.cost_per_1k_tokens:.6g} {m.currency}/1k tok"
+        where = getattr(t, "path", None) or f"{t.url} ({t.model})"
+        console.print(f"{t.name}: {t.kind}, {where}, cost {cost_s}", highlight=False)
+    console.print(f"wrote {output}")

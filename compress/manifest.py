@@ -1,0 +1,283 @@
+"""The tier manifest: which models a server offers, what each costs and how good it is.
+
+`tiers.yaml` (schema_version 1) lists one tier per model, cheapest first. A local tier points at a
+checkpoint or artifact directory and carries what was *measured* about it: quality from an
+`eval.json` beside it, latency/throughput/memory from a `bench.json` beside it, size on disk, and
+a cost per 1k generated tokens (price per hour / measured tokens per second, or set by hand). A
+remote tier is any OpenAI-compatible endpoint (vLLM, SGLang, another `compress serve`) that the
+server proxies. Anything not measured is null ("unknown"), never guessed.
+
+`build_manifest` makes one from model paths; `load_manifest` reads and validates one (unknown keys,
+unknown schema_version and missing artifacts are one-line CompressErrors).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from compress.errors import CompressError
+
+SCHEMA_VERSION = 1
+EVAL_FILE = "eval.json"
+BENCH_FILE = "bench.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Quality(_Strict):
+    """Quality numbers as measured by `compress eval` (or at quantization time); null when unknown."""
+    perplexity: float | None = None
+    bits_per_byte: float | None = None
+    tasks: dict[str, float] = {}  # task/metric name -> score (higher is better)
+    source: str | None = None  # the file the numbers came from
+
+
+class Performance(_Strict):
+    """Speed numbers as measured by `compress bench`; null when unknown."""
+    throughput_tokens_per_s: float | None = None
+    latency_ms_per_token: float | None = None
+    ttft_ms: float | None = None
+    memory_bytes: int | None = None
+    device: str | None = None
+    source: str | None = None
+
+
+class _TierBase(_Strict):
+    name: str
+    cost_per_1k_tokens: float | None = None  # in the manifest's currency; null = unknown
+    cost_source: Literal["measured", "manual"] | None = None
+
+
+class LocalTier(_TierBase):
+    kind: Literal["local"] = "local"
+    path: str
+    method: str  # quantization/distillation method from compress.json, or "source"
+    quality: Quality = Quality()
+    performance: Performance = Performance()
+    size_bytes: int | None = None
+
+
+class RemoteTier(_TierBase):
+    kind: Literal["remote"] = "remote"
+    url: str  # base URL of the OpenAI-compatible API, e.g. http://host:8000/v1
+    model: str  # the model id to ask the remote for
+    api_key_env: str | None = None  # name of the environment variable holding its API key
+    quality: Quality = Quality()
+
+
+Tier = Annotated[Union[LocalTier, RemoteTier], Field(discriminator="kind")]
+
+
+class Manifest(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    currency: str = "USD"
+    tiers: list[Tier]
+
+    def tier(self, name: str) -> LocalTier | RemoteTier | None:
+        return next((t for t in self.tiers if t.name == name), None)
+
+
+# ---------------------------------------------------------------- reading measurements
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _first(d: dict, *keys: str) -> float | None:
+    for k in keys:
+        v = _num(d.get(k))
+        if v is not None:
+            return v
+    return None
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object from `path`, or None if the file is missing or not a JSON object."""
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def read_quality(directory: Path) -> Quality:
+    """Quality from `eval.json` (written by `compress eval`; read defensively: its layout may grow),
+    else the perplexity recorded in `compress.json` at creation, else unknown."""
+    raw = _read_json(directory / EVAL_FILE)
+    if raw is not None:
+        flat = {**raw, **(raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {})}
+        tasks: dict[str, float] = {}
+        for key in ("tasks", "results"):
+            block = raw.get(key)
+            if isinstance(block, dict):
+                for task, val in block.items():
+                    if _num(val) is not None:
+                        tasks[task] = _num(val)
+                    elif isinstance(val, dict):
+                        for metric, v in val.items():
+                            if _num(v) is not None and not metric.endswith("stderr"):
+                                tasks[f"{task}/{metric}"] = _num(v)
+        ppl = flat.get("perplexity")
+        if isinstance(ppl, dict):  # e.g. {"perplexity": {"value": 27.6, "bits_per_byte": 0.9}}
+            flat = {**flat, **ppl}
+            ppl = ppl.get("value", ppl.get("perplexity"))
+        return Quality(perplexity=_num(ppl) or _first(flat, "ppl"),
+                       bits_per_byte=_first(flat, "bits_per_byte", "bpb"), tasks=tasks, source=EVAL_FILE)
+    meta = _read_json(directory / "compress.json")
+    metrics = (meta or {}).get("metrics")
+    if isinstance(metrics, dict):
+        ppl = _first(metrics, "perplexity", "ppl", "heldout_perplexity")
+        if ppl is not None:
+            return Quality(perplexity=ppl, bits_per_byte=_first(metrics, "bits_per_byte"), source="compress.json")
+    return Quality()
+
+
+def read_performance(directory: Path) -> Performance:
+    raw = _read_json(directory / BENCH_FILE)
+    if raw is None:
+        return Performance()
+    flat = {**raw, **(raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {})}
+    mem = _first(flat, "memory_bytes", "peak_memory_bytes", "peak_mem_bytes")
+    device = flat.get("device") if isinstance(flat.get("device"), str) else None
+    return Performance(
+        throughput_tokens_per_s=_first(flat, "throughput_tokens_per_s", "tokens_per_s", "decode_tokens_per_s", "tok_s"),
+        latency_ms_per_token=_first(flat, "latency_ms_per_token", "ms_per_token", "ms_per_step"),
+        ttft_ms=_first(flat, "ttft_ms", "prefill_ms"),
+        memory_bytes=int(mem) if mem is not None else None, device=device, source=BENCH_FILE)
+
+
+def cost_per_1k(price_per_hour: float | None, tokens_per_s: float | None) -> float | None:
+    if price_per_hour is None or not tokens_per_s:
+        return None
+    return price_per_hour / (tokens_per_s * 3600.0) * 1000.0
+
+
+# ---------------------------------------------------------------- building
+
+
+def _local_tier(name: str, spec: str, price_gpu: float | None, price_cpu: float | None) -> LocalTier:
+    from compress.artifacts import METADATA_FILE, dir_size_bytes, read_meta
+    from compress.models import checkpoint_dir, resolve
+
+    ref = resolve(spec)
+    if ref.kind == "hub":
+        raise CompressError(f"{spec}: a tier must be a local checkpoint, artifact or .gguf (or a remote URL)")
+    directory = Path(checkpoint_dir(ref))
+    method = read_meta(directory).method if (directory / METADATA_FILE).is_file() else "source"
+    perf = read_performance(directory)
+    price = price_gpu if (perf.device or "").startswith("cuda") else price_cpu
+    cost = cost_per_1k(price, perf.throughput_tokens_per_s)
+    return LocalTier(name=name, path=str(directory), method=method, quality=read_quality(directory),
+                     performance=perf, size_bytes=dir_size_bytes(directory), cost_per_1k_tokens=cost,
+                     cost_source="measured" if cost is not None else None)
+
+
+def _split_pairs(pairs: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key or not value:
+            raise CompressError(f"{what} {p!r}: expected NAME=VALUE")
+        out[key] = value
+    return out
+
+
+def build_manifest(models: list[str], *, names: list[str] = (), costs: list[str] = (), api_key_envs: list[str] = (),
+                   price_per_gpu_hour: float | None = None, price_per_cpu_hour: float | None = None,
+                   currency: str = "USD") -> Manifest:
+    """One tier per MODEL (a checkpoint/artifact dir, a .gguf, or `URL#MODEL_ID` for a remote
+    OpenAI-compatible endpoint), ordered cheapest first (unknown cost last, then by size)."""
+    if not models:
+        raise CompressError("give at least one model, artifact or remote URL#MODEL")
+    name_of = {v: k for k, v in _split_pairs(list(names), "--name").items()}
+    manual_cost = _split_pairs(list(costs), "--cost")
+    key_env = _split_pairs(list(api_key_envs), "--api-key-env")
+    tiers: list[LocalTier | RemoteTier] = []
+    for spec in models:
+        if spec.startswith(("http://", "https://")):
+            url, sep, model = spec.partition("#")
+            if not sep or not model:
+                raise CompressError(f"remote tier {spec!r}: expected URL#MODEL_ID, e.g. http://host:8000/v1#llama")
+            name = name_of.get(spec) or model.replace("/", "-")
+            tiers.append(RemoteTier(name=name, url=url.rstrip("/"), model=model, api_key_env=key_env.get(name)))
+        else:
+            name = name_of.get(spec) or Path(spec.rstrip("/")).name.removesuffix(".gguf")
+            tiers.append(_local_tier(name, spec, price_per_gpu_hour, price_per_cpu_hour))
+    for t in tiers:
+        if t.name in manual_cost:
+            try:
+                t.cost_per_1k_tokens, t.cost_source = float(manual_cost[t.name]), "manual"
+            except ValueError:
+                raise CompressError(f"--cost {t.name}={manual_cost[t.name]}: not a number") from None
+    unknown = set(manual_cost) - {t.name for t in tiers}
+    if unknown:
+        raise CompressError(f"--cost names unknown tier(s): {', '.join(sorted(unknown))}")
+    tiers.sort(key=lambda t: (t.cost_per_1k_tokens is None, t.cost_per_1k_tokens or 0.0,
+                              getattr(t, "size_bytes", None) or 0))
+    manifest = Manifest(currency=currency, tiers=tiers)
+    _check(manifest, "manifest")
+    return manifest
+
+
+def _check(m: Manifest, where: str) -> None:
+    seen = set()
+    for t in m.tiers:
+        if not _NAME.match(t.name) or t.name == "auto":
+            raise CompressError(f"{where}: bad tier name {t.name!r} (letters, digits, . _ -; 'auto' is reserved)")
+        if t.name in seen:
+            raise CompressError(f"{where}: duplicate tier name {t.name!r} (use --name NAME=MODEL)")
+        seen.add(t.name)
+    if not m.tiers:
+        raise CompressError(f"{where}: no tiers")
+
+
+def write_manifest(m: Manifest, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("# compress tier manifest: cheapest tier first; null = not measured\n"
+                   + yaml.safe_dump(m.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest; every problem is one CompressError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"manifest not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CompressError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(raw, dict):
+        raise CompressError(f"{path}: expected a mapping with schema_version and tiers")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise CompressError(f"{path}: unknown schema_version {version!r} (this compress reads {SCHEMA_VERSION})")
+    try:
+        m = Manifest.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise CompressError(f"{path}: {loc}: {err['msg']}") from e
+    _check(m, str(path))
+    for t in m.tiers:
+        if isinstance(t, LocalTier) and not (Path(t.path) / "config.json").is_file():
+            raise CompressError(f"{path}: tier {t.name!r}: artifact not found at {t.path}")
+    return m

@@ -1,0 +1,130 @@
+"""Per-tier async front end: one background engine thread runs `EngineCore.step()` in a loop; each
+request gets its own asyncio queue that the thread feeds with events (vLLM v1's AsyncLLM shape).
+
+The model runs in a plain thread, not on the event loop, so HTTP handling (health, metrics, new
+requests, disconnects) stays responsive during a step. The batcher is the only state shared
+between the two sides and it takes its own lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import AsyncIterator, Callable
+
+from compress.serve.batcher import Batcher, EngineCore, Event, QueueFull, SamplingParams, Sequence
+from compress.serve.metrics import ServeMetrics
+from compress.serve.protocol import APIError
+
+
+class AsyncEngine:
+    def __init__(self, tier: str, runner, tokenizer=None, *, max_batch: int = 8, max_wait_s: float = 0.01,
+                 max_queue: int = 64, metrics: ServeMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.tier, self.runner, self.tokenizer = tier, runner, tokenizer
+        self.metrics = metrics or ServeMetrics()
+        self.clock = clock
+        self.core = EngineCore(runner, Batcher(max_batch, max_wait_s, max_queue), clock)
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{tier}", daemon=True)
+        self.steps = 0
+
+    @property
+    def max_context(self) -> int:
+        return self.runner.max_context
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the work already accepted, then end the engine thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    async def generate(self, rid: str, prompt_ids: list[int], params: SamplingParams,
+                       priority: int = 0) -> AsyncIterator[Event]:
+        """Events for one request until it finishes; leaving early (client gone) aborts it."""
+        if self._stopping:
+            raise APIError(503, "server is shutting down", type="server_error", code="shutting_down",
+                           headers={"Retry-After": "5"})
+        seq = Sequence(rid, prompt_ids, params, arrival=self.clock(), priority=priority)
+        seq.sink = (asyncio.get_running_loop(), asyncio.Queue())
+        try:
+            self.core.batcher.add(seq)
+        except QueueFull:
+            raise APIError(429, f"tier {self.tier!r} is at its queue bound ({self.core.batcher.max_queue} "
+                           "waiting); retry later", type="rate_limit_error", code="queue_full",
+                           headers={"Retry-After": "1"}) from None
+        self.metrics.queue_depth.labels(self.tier).set(self.core.batcher.num_waiting())
+        self._wake()
+        try:
+            while True:
+                ev = await seq.sink[1].get()
+                yield ev
+                if ev.finished:
+                    return
+        finally:
+            if seq.finish_reason is None:
+                self.core.batcher.abort(seq)
+                self._wake()
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
+    def _loop(self) -> None:
+        b = self.core.batcher
+        while True:
+            with self._cv:
+                while True:
+                    wait = b.wait_time(self.clock())
+                    if wait == 0:
+                        break
+                    if wait is None and self._stopping:
+                        return
+                    self._cv.wait(wait)
+            events = self.core.step()
+            self.steps += 1
+            self._record(events)
+            for ev in events:
+                loop, queue = ev.seq.sink
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, ev)
+                except RuntimeError:  # the request's event loop is gone (server shutting down)
+                    pass
+
+    def _record(self, events: list[Event]) -> None:
+        m, t = self.metrics, self.tier
+        now = self.clock()
+        m.queue_depth.labels(t).set(self.core.batcher.num_waiting())
+        m.running.labels(t).set(len(self.core.batcher.running))
+        if self.core.last_batch_size:
+            m.batch_size.labels(t).observe(self.core.last_batch_size)
+        for ev in events:
+            s = ev.seq
+            if not ev.new_tokens:
+                continue
+            m.generation_tokens.labels(t).inc(ev.new_tokens)
+            if len(s.output_ids) == 1 and s.first_token_at is not None:
+                m.ttft.labels(t).observe(s.first_token_at - s.arrival)
+                if s.admitted_at is not None:
+                    m.queue_time.labels(t).observe(s.admitted_at - s.arrival)
+            elif s.last_token_at is not None:
+                m.itl.labels(t).observe(now - s.last_token_at)
+            s.last_token_at = now
+
+
+def load_engine(tier, device: str, *, max_batch: int, max_wait_s: float, max_queue: int,
+                metrics: ServeMetrics) -> AsyncEngine:
+    """Load a local tier's model and tokenizer and wrap them in an engine (not started)."""
+    from compress.models import load_causal_lm, load_tokenizer
+    from compress.serve.runner import HFRunner
+
+    model = load_causal_lm(tier.path, device=device)
+    tokenizer = load_tokenizer(tier.path)
+    return AsyncEngine(tier.name, HFRunner(model, tokenizer, device), tokenizer, max_batch=max_batch,
+                       max_wait_s=max_wait_s, max_queue=max_queue, metrics=metrics)

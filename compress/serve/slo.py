@@ -1,0 +1,88 @@
+"""SLO controller: keeps interactive end-to-end latency under its target by acting before it breaks.
+
+It tracks the rolling p95 of end-to-end latency per traffic class over the last `window_s` seconds
+and compares the interactive p95 with the target:
+
+  ratio < tight_at          OK     normal batching waits and routing
+  tight_at <= ratio < shed_at TIGHT  no batching wait (requests start at once), `auto` routes with a
+                                    lower quality floor (smaller, faster tiers)
+  ratio >= shed_at          SHED   also refuses new batch-class requests (503 + Retry-After)
+  ratio >= 1                BREACH also refuses new interactive requests until p95 comes back
+
+Recovery is automatic: as latencies of new completions fall, so does the rolling p95 (and with no
+recent samples the state is OK). Pure logic with an injectable clock; app.py wires it in.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class State(IntEnum):
+    OK = 0
+    TIGHT = 1
+    SHED = 2
+    BREACH = 3
+
+
+@dataclass(frozen=True)
+class SLOConfig:
+    interactive_p95_s: float = 2.0
+    window_s: float = 30.0
+    tight_at: float = 0.6
+    shed_at: float = 0.85
+    min_samples: int = 5  # below this many recent samples the p95 is not trusted: state OK
+    floor_drop: float = 0.15  # how far TIGHT lowers the router's quality floor
+
+
+class SLOController:
+    def __init__(self, config: SLOConfig = SLOConfig()):
+        self.config = config
+        self._samples: dict[str, deque[tuple[float, float]]] = {}  # class -> (time, latency)
+        self._lock = threading.Lock()
+
+    def observe(self, cls: str, latency_s: float, now: float) -> None:
+        with self._lock:
+            self._samples.setdefault(cls, deque()).append((now, latency_s))
+
+    def p95(self, cls: str, now: float) -> float | None:
+        with self._lock:
+            q = self._samples.get(cls)
+            if not q:
+                return None
+            while q and q[0][0] < now - self.config.window_s:
+                q.popleft()
+            if len(q) < self.config.min_samples:
+                return None
+            xs = sorted(lat for _, lat in q)
+        return xs[min(len(xs) - 1, math.ceil(0.95 * len(xs)) - 1)]
+
+    def state(self, now: float) -> State:
+        p = self.p95("interactive", now)
+        if p is None:
+            return State.OK
+        ratio = p / self.config.interactive_p95_s
+        if ratio >= 1.0:
+            return State.BREACH
+        if ratio >= self.config.shed_at:
+            return State.SHED
+        if ratio >= self.config.tight_at:
+            return State.TIGHT
+        return State.OK
+
+    def admit(self, cls: str, now: float) -> bool:
+        s = self.state(now)
+        if s >= State.BREACH:
+            return False
+        return not (s >= State.SHED and cls != "interactive")
+
+    def wait_scale(self, now: float) -> float:
+        """Factor for the batchers' max wait: no waiting for company once latency is tight."""
+        return 1.0 if self.state(now) == State.OK else 0.0
+
+    def route_floor(self, base: float, now: float) -> float:
+        return base if self.state(now) == State.OK else max(0.0, base - self.config.floor_drop)
