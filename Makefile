@@ -26,7 +26,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) -m compress.demo --output out/demo
+	$(VENV)/bin/compress run recipes/quick-cpu.yaml
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

