@@ -32,7 +32,7 @@ def run(
     from compress.recipe import load_recipe
 
     r = load_recipe(recipe)
-    result = run_recipe(r, output, log=lambda msg: console.print(msg, highlight=False))
+    result = run_recipe(r, output, log=lambda msg: console.print(msg, highlight=False, markup=False))
     console.print(result.manifest.read_text(), highlight=False)
     if result.gates:
         console.print(gates_table(result.gates))

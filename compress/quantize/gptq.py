@@ -36,7 +36,12 @@ def _gptqmodel():
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
     logging.getLogger("gptqmodel").setLevel(logging.WARNING)
     import gptqmodel
+    from gptqmodel.looper import loop_processor
 
+    from compress.models import cache_dir
+
+    # gptqmodel writes per-layer logs to ./logs of whatever directory the user is in; keep them in our cache.
+    loop_processor._PROJECT_LOG_DIR = cache_dir() / "gptqmodel-logs"
     return gptqmodel
 
 
