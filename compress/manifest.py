@@ -119,6 +119,16 @@ def read_quality(directory: Path) -> Quality:
     """Quality from `eval.json` (written by `compress eval`; read defensively: its layout may grow),
     else the perplexity recorded in `compress.json` at creation, else unknown."""
     raw = _read_json(directory / EVAL_FILE)
+    if raw is not None and raw.get("kind") == "eval":  # the layout `compress eval` writes
+        from compress.evaluate.results import load_eval
+
+        ev = load_eval(directory / EVAL_FILE)
+        ppl = [v for k, v in sorted(ev.metrics.items()) if k.startswith("ppl:")]
+        bpb = [v for k, v in sorted(ev.metrics.items()) if k.startswith("bpb:")]
+        tasks = {k.replace(":", "/", 1): v for k, v in ev.metrics.items()
+                 if not k.startswith(("ppl:", "bpb:")) and ev.higher_is_better.get(k, True)}
+        return Quality(perplexity=ppl[0] if ppl else None, bits_per_byte=bpb[0] if bpb else None,
+                       tasks=tasks, source=EVAL_FILE)
     if raw is not None:
         flat = {**raw, **(raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {})}
         tasks: dict[str, float] = {}
@@ -151,6 +161,8 @@ def read_performance(directory: Path) -> Performance:
     raw = _read_json(directory / BENCH_FILE)
     if raw is None:
         return Performance()
+    if raw.get("kind") == "bench":  # the layout `compress bench` writes: first model, per batch size
+        return _bench_performance(directory / BENCH_FILE)
     flat = {**raw, **(raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {})}
     mem = _first(flat, "memory_bytes", "peak_memory_bytes", "peak_mem_bytes")
     device = flat.get("device") if isinstance(flat.get("device"), str) else None
@@ -159,6 +171,30 @@ def read_performance(directory: Path) -> Performance:
         latency_ms_per_token=_first(flat, "latency_ms_per_token", "ms_per_token", "ms_per_step"),
         ttft_ms=_first(flat, "ttft_ms", "prefill_ms"),
         memory_bytes=int(mem) if mem is not None else None, device=device, source=BENCH_FILE)
+
+
+def _bench_performance(path: Path) -> Performance:
+    """Latency from the smallest batch measured (what one user sees); throughput from the best batch
+    (what the machine sells, so cost per 1k tokens assumes the server batches as the bench did)."""
+    from compress.bench.run import load_bench
+
+    b = load_bench(path)
+    rows = sorted(b["models"][0]["batches"], key=lambda r: r["batch_size"])
+    first = rows[0]
+
+    def med(row, key):
+        v = row.get(key)
+        return _num(v.get("median")) if isinstance(v, dict) else None
+
+    best = max((med(r, "decode_tok_s") or 0.0) for r in rows) or None
+    tpot, ttft = med(first, "tpot_s"), med(first, "ttft_s")
+    return Performance(
+        throughput_tokens_per_s=best,
+        latency_ms_per_token=tpot * 1000 if tpot is not None else None,
+        ttft_ms=ttft * 1000 if ttft is not None else None,
+        memory_bytes=max(int(r["peak_memory_bytes"]) for r in rows if r.get("peak_memory_bytes")) if any(
+            r.get("peak_memory_bytes") for r in rows) else None,
+        device=b.get("config", {}).get("device"), source=BENCH_FILE)
 
 
 def cost_per_1k(price_per_hour: float | None, tokens_per_s: float | None) -> float | None:

@@ -70,6 +70,9 @@ def test_run_then_rerun_skips_and_gates(tmp_path, capsys, tiny_model):
         assert (out / "tiers" / t / "eval.json").is_file() and (out / "tiers" / t / "bench.json").is_file()
     manifest = yaml.safe_load(first.manifest.read_text())
     assert {t["name"] for t in manifest["tiers"]} == {"source", "rtn"}
+    for t in manifest["tiers"]:  # measured values reach the manifest; cost derives from price and throughput
+        assert t["quality"]["perplexity"] > 1 and t["performance"]["throughput_tokens_per_s"] > 0
+        assert t["cost_per_1k_tokens"] > 0 and t["cost_source"] == "measured"
     page = first.report.read_text()
     assert "<h2>Gates</h2>" in page and "data:image/png;base64," in page
     assert first.passed and {g.rule for g in first.gates} == {"min_recovery", "max_p95_s"}
