@@ -96,7 +96,7 @@ def run_recipe(recipe: Recipe, output: str | Path | None = None, log: Callable[[
     write_manifest(manifest, result.manifest)
     result.gates = check_gates(out, recipe)
     (out / "gates.json").write_text(json.dumps([g.to_dict() for g in result.gates], indent=2) + "\n")
-    _report(recipe, out, paths, result.gates, result.report)
+    _report(recipe, out, paths, result.gates, result.report, manifest)
     return result
 
 
@@ -141,7 +141,7 @@ def _bench(tdir: Path, cfg) -> None:
     write_json_atomic(tdir / "bench.json", bench([str(tdir)], cfg))
 
 
-def _report(recipe: Recipe, out: Path, paths: list[str], gates: list[GateCheck], dest: Path) -> None:
+def _report(recipe: Recipe, out: Path, paths: list[str], gates: list[GateCheck], dest: Path, manifest) -> None:
     from compress.report import collect, render
 
     evals = [Path(p) / "eval.json" for p in paths if (Path(p) / "eval.json").is_file()]
@@ -153,6 +153,16 @@ def _report(recipe: Recipe, out: Path, paths: list[str], gates: list[GateCheck],
         for g in gates)
     section = ("<h2>Gates</h2>" + ("<table><tr><th>tier</th><th>rule</th><th>metric</th><th>limit</th><th>value</th>"
                f"<th>result</th></tr>{rows}</table>" if gates else "<p>No gates in this recipe.</p>"))
+    def fmt(v, spec):
+        return "unknown" if v is None else format(v, spec)
+
+    tiers = "".join(
+        f"<tr><td>{html.escape(t.name)}</td><td>{fmt(t.cost_per_1k_tokens, '.5f')}</td>"
+        f"<td>{fmt(t.quality.perplexity, '.3f')}</td><td>{fmt(t.performance.throughput_tokens_per_s, '.1f')}</td>"
+        f"<td>{fmt(t.size_bytes and t.size_bytes / 2**20, '.1f')}</td></tr>" for t in manifest.tiers)
+    section += (f"<h2>Tiers and cost ({html.escape(manifest.currency)} per 1k generated tokens, cheapest first)</h2>"
+                "<table><tr><th>tier</th><th>cost / 1k tokens</th><th>perplexity</th><th>best decode tok/s</th>"
+                f"<th>size MiB</th></tr>{tiers}</table>")
     page = page.replace("</body></html>", section + "</body></html>")
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_text(page)

@@ -74,7 +74,7 @@ def test_run_then_rerun_skips_and_gates(tmp_path, capsys, tiny_model):
         assert t["quality"]["perplexity"] > 1 and t["performance"]["throughput_tokens_per_s"] > 0
         assert t["cost_per_1k_tokens"] > 0 and t["cost_source"] == "measured"
     page = first.report.read_text()
-    assert "<h2>Gates</h2>" in page and "data:image/png;base64," in page
+    assert "<h2>Gates</h2>" in page and "data:image/png;base64," in page and "Tiers and cost" in page
     assert first.passed and {g.rule for g in first.gates} == {"min_recovery", "max_p95_s"}
 
     second = run_recipe(load_recipe(loose), log=lambda m: None)
