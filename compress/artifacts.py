@@ -17,9 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from compress.errors import CompressError
+from compress.formats import check_version, validate
 
 METADATA_FILE = "compress.json"
 SCHEMA_VERSION = 1
@@ -61,14 +62,8 @@ def read_meta(directory: str | Path) -> ArtifactMeta:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CompressError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from e
-    version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version != SCHEMA_VERSION:
-        raise CompressError(f"{path}: unknown schema_version {version!r} (this compress reads {SCHEMA_VERSION})")
-    try:
-        return ArtifactMeta.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise CompressError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from e
+    check_version(raw if isinstance(raw, dict) else {}, path, SCHEMA_VERSION)
+    return validate(ArtifactMeta, raw, path)
 
 
 def check_output(dest: str | Path, overwrite: bool) -> Path:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from compress.errors import CompressError
+from compress.formats import check_version, validate
 
 SCHEMA_VERSION = 1
 EVAL_FILE = "eval.json"
@@ -303,15 +304,8 @@ def load_manifest(path: str | Path) -> Manifest:
         raise CompressError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(raw, dict):
         raise CompressError(f"{path}: expected a mapping with schema_version and tiers")
-    version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise CompressError(f"{path}: unknown schema_version {version!r} (this compress reads {SCHEMA_VERSION})")
-    try:
-        m = Manifest.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise CompressError(f"{path}: {loc}: {err['msg']}") from e
+    check_version(raw, path, SCHEMA_VERSION)
+    m = validate(Manifest, raw, path)
     _check(m, str(path))
     for t in m.tiers:
         if isinstance(t, LocalTier) and not (Path(t.path) / "config.json").is_file():

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from compress import runtime
 from compress.artifacts import now_iso
 from compress.errors import CompressError
+from compress.formats import validation_message
 from compress.models import resolve
 
 SCHEMA_VERSION = 1
@@ -61,9 +62,7 @@ def make_bench_config(**kwargs) -> BenchConfig:
     try:
         cfg = BenchConfig(**kwargs)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise CompressError(f"invalid bench option {'.'.join(map(str, err['loc']))}: "
-                            f"{err['msg'].removeprefix('Value error, ')}") from e
+        raise CompressError(f"invalid bench option {validation_message(e)}") from e
     device = cfg.device or runtime.default_device()
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise CompressError(f"--device must be cpu or cuda, got {device!r}")
@@ -170,17 +169,6 @@ def bench(models: list[str], cfg: BenchConfig, progress: bool = True) -> dict:
 
 
 def load_bench(path) -> dict:
-    from pathlib import Path
+    from compress.formats import read_versioned_json
 
-    path = Path(path)
-    if not path.is_file():
-        raise CompressError(f"bench result not found: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CompressError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from e
-    if not isinstance(raw, dict) or raw.get("kind") != "bench":
-        raise CompressError(f"{path} is not a compress bench result (kind != 'bench')")
-    if raw.get("schema_version") != SCHEMA_VERSION:
-        raise CompressError(f"{path}: unknown schema_version {raw.get('schema_version')!r} (this compress reads {SCHEMA_VERSION})")
-    return raw
+    return read_versioned_json(path, "bench", "bench result", SCHEMA_VERSION)

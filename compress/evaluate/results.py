@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from compress.errors import CompressError
 
@@ -122,23 +122,9 @@ def check_comparable(a: EvalSettings, b: EvalSettings, what: str) -> None:
 
 
 def load_eval(path: str | Path) -> EvalResult:
-    path = Path(path)
-    if not path.is_file():
-        raise CompressError(f"eval result not found: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CompressError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from e
-    if not isinstance(raw, dict) or raw.get("kind") != "eval":
-        raise CompressError(f"{path} is not a compress eval result (kind != 'eval')")
-    if raw.get("schema_version") != SCHEMA_VERSION:
-        raise CompressError(f"{path}: unknown schema_version {raw.get('schema_version')!r} "
-                            f"(this compress reads {SCHEMA_VERSION})")
-    try:
-        return EvalResult.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise CompressError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from e
+    from compress.formats import read_versioned_json, validate
+
+    return validate(EvalResult, read_versioned_json(path, "eval", "eval result", SCHEMA_VERSION), path)
 
 
 def write_json_atomic(path: str | Path, data: dict) -> Path:

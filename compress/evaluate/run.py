@@ -17,6 +17,7 @@ from compress import runtime
 from compress.artifacts import now_iso
 from compress.data import load_texts
 from compress.errors import CompressError
+from compress.formats import validation_message
 from compress.evaluate import harness
 from compress.evaluate.perplexity import perplexity
 from compress.evaluate.results import (
@@ -48,9 +49,7 @@ def make_eval_config(**kwargs) -> EvalConfig:
     try:
         cfg = EvalConfig(**kwargs)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise CompressError(f"invalid eval option {'.'.join(map(str, err['loc']))}: "
-                            f"{err['msg'].removeprefix('Value error, ')}") from e
+        raise CompressError(f"invalid eval option {validation_message(e)}") from e
     if cfg.stride is not None and cfg.stride > cfg.context_len:
         raise CompressError(f"--stride ({cfg.stride}) must not exceed --context-len ({cfg.context_len})")
     if not cfg.perplexity and not cfg.tasks:

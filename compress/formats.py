@@ -1,0 +1,48 @@
+"""Reading the project's versioned files (eval/bench results, manifests, artifact metadata) the same way:
+existence, parse, `kind`, `schema_version`, then pydantic validation — each failure one CompressError line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from compress.errors import CompressError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validation_message(e: ValidationError) -> str:
+    """'loc.path: message' for the first error, without pydantic's 'Value error, ' prefix."""
+    err = e.errors()[0]
+    return f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
+
+
+def check_version(raw: dict, path: Path, version: int) -> None:
+    found = raw.get("schema_version")
+    if found != version:
+        raise CompressError(f"{path}: unknown schema_version {found!r} (this compress reads {version})")
+
+
+def read_versioned_json(path: str | Path, kind: str, what: str, version: int) -> dict:
+    """A JSON object with `kind` and `schema_version` as this compress writes them."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"{what} not found: {path}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CompressError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from e
+    if not isinstance(raw, dict) or raw.get("kind") != kind:
+        raise CompressError(f"{path} is not a compress {what} (kind != '{kind}')")
+    check_version(raw, path, version)
+    return raw
+
+
+def validate(model: type[M], raw: dict, path: str | Path) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise CompressError(f"{path}: {validation_message(e)}") from e
