@@ -1,19 +1,23 @@
 """GPU decode benchmark: bf16 vs int8 (bitsandbytes), int8 weight-only (torchao) and GPTQ int4, through `compress bench`.
 
-    python benchmarks/gpu_bench.py --out $OUT/gpu_bench_llama1b.json                  # the ≥1B model
+    python benchmarks/gpu_bench.py --out $OUT/gpu_bench_tinyllama1b.json              # the ≥1B model
+    python benchmarks/gpu_bench.py --model llama1b --out $OUT/gpu_bench_llama1b.json  # 128k-vocab 1B
     python benchmarks/gpu_bench.py --model smollm2 --smollm2 /tmp/m/model.gguf --out $OUT/gpu_bench_smollm2.json
 
 Models:
+- `tinyllama1b` (default): a TinyLlama-1.1B-shaped model (hidden 2048, 22 layers, 32 heads / 4 KV heads,
+  intermediate 5632, vocab 32000, untied; 1.10B parameters) with RANDOM weights (seed 0): speed only.
 - `llama1b`: a Llama-3.2-1B-shaped model (hidden 2048, 16 layers, 32 heads / 8 KV heads, intermediate 8192,
-  vocab 128256, tied embeddings; 1.24B parameters) with RANDOM weights (seed 0): speed only, its text is noise.
+  vocab 128256, tied embeddings; 1.24B parameters), random weights. Its bf16 lm_head is 0.53 GB of the
+  1.0 GB an int4 step reads, which caps int4's batch-1 gain near 2.4x whatever the kernel.
 - `smollm2`: SmolLM2-135M-Instruct from its GGUF (dequantized to bf16).
 Tiers are made on the GPU: int8 and int8-wo through `compress.quantize` (transformers + bitsandbytes / torchao);
 GPTQ int4 g128 sym is round-to-nearest packed in the GPTQ v1 layout by `pack_gptq_rtn` below (no calibration:
 speed does not depend on how the int4 values were chosen, and gptqmodel's own packer needs a 50 s JIT build).
 The packed checkpoint is checked by reloading it through gptqmodel and comparing logits with the bf16 model.
 Each model is benchmarked in its own process on the decode path `compress.bench.fastpath` picks (static KV
-cache + torch.compile "reduce-overhead" = CUDA graphs; GPTQ through GPTQModel.load with the Marlin kernels;
-bitsandbytes eager). Ratios are to bf16, measured in the same run.
+cache, the decode step captured as one CUDA graph; GPTQ through GPTQModel.load with the Marlin kernels;
+bitsandbytes cannot be captured and runs the same loop eagerly). Ratios are to bf16, measured in the same run.
 """
 
 from __future__ import annotations
@@ -29,13 +33,21 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
-                max_position_embeddings=4096, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+_IDS = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+SHAPES = {
+    # Llama-3.2-1B: 1.24B parameters, a quarter of them in the tied 128k-vocab embedding / lm_head (kept bf16)
+    "llama1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                    intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
+                    max_position_embeddings=4096, **_IDS),
+    # TinyLlama-1.1B: 1.10B parameters, 32k vocab, untied: 88% of the weights are in the quantized linears
+    "tinyllama1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                        intermediate_size=5632, vocab_size=32000, tie_word_embeddings=False, rope_theta=10000.0,
+                        max_position_embeddings=2048, **_IDS),
+}
 QUANTIZED_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def build_llama1b(path: Path) -> Path:
+def build_random(shape: str, path: Path) -> Path:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     from compress.testing import train_tokenizer
@@ -44,7 +56,7 @@ def build_llama1b(path: Path) -> Path:
         return path
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = LlamaForCausalLM(LlamaConfig(**LLAMA_1B)).to(torch.bfloat16)
+        model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape])).to(torch.bfloat16)
     model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0)
     model.save_pretrained(path)
     train_tokenizer(512).save_pretrained(path)  # ids < 512 ⊂ the 128k vocab: prompts only need valid ids
@@ -121,7 +133,7 @@ def logit_check(ref_dir: Path, quant_dir: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--model", choices=("llama1b", "smollm2"), default="llama1b")
+    ap.add_argument("--model", choices=(*SHAPES, "smollm2"), default="tinyllama1b")
     ap.add_argument("--smollm2", help="SmolLM2-135M-Instruct .gguf path (for --model smollm2)")
     ap.add_argument("--tiers", default="bf16,int8,int8-wo,gptq")
     ap.add_argument("--batch-sizes", default="1,8,32")
@@ -130,6 +142,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--work", default="/tmp/gpu_bench")
+    ap.add_argument("--decoder", default="auto", help="compress bench --decoder (auto = graph on CUDA)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
@@ -143,8 +156,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     timings = {}
     t0 = time.perf_counter()
-    if args.model == "llama1b":
-        base = build_llama1b(work / "llama1b-bf16")
+    if args.model in SHAPES:
+        base = build_random(args.model, work / f"{args.model}-bf16")
     else:
         if not args.smollm2:
             raise SystemExit("--model smollm2 needs --smollm2 PATH.gguf")
@@ -170,10 +183,12 @@ def main() -> None:
         timings[f"make_{tier}_s"] = round(time.perf_counter() - t0, 1)
         print(f"[{time.perf_counter() - t_start:6.0f}s] {tier} ready: {models[tier]}", flush=True)
     cfg = make_bench_config(batch_sizes=parse_batch_sizes(args.batch_sizes), prompt_len=args.prompt_len,
-                            gen_len=args.gen_len, device="cuda", repeats=args.repeats, warmup=1)
+                            gen_len=args.gen_len, device="cuda", repeats=args.repeats, warmup=1,
+                            decoder=args.decoder)
     result = bench(list(models.values()), cfg)
     result["gpu_bench"] = {
-        "model": args.model, "tiers": dict(zip(models, models.values())), "random_weights": args.model == "llama1b",
+        "model": args.model, "tiers": dict(zip(models, models.values())), "random_weights": args.model in SHAPES,
+        "shape": SHAPES.get(args.model),
         "gptq": f"RTN int4 sym g{args.group_size}, GPTQ v1 layout (no calibration)", "checks": checks,
         "setup_timings": timings, "wall_s": round(time.perf_counter() - t_start, 1),
     }
@@ -183,7 +198,7 @@ def main() -> None:
         p = m["decode_path"]
         rows = ", ".join(f"b{r['batch_size']}: {r['decode_tok_s']['median']:.1f} tok/s {r['peak_memory_bytes'] / 2**30:.2f} GiB"
                          for r in m["batches"])
-        print(f"{Path(m['spec']).name}: {p['loader']} {p['backend']} {p['cache']} compiled={p['compiled']} "
+        print(f"{Path(m['spec']).name}: {p['loader']} {p['backend']} {p['decoder']} graphed={p['graphed']} "
               f"fallback={p['fallback']} | {rows}", flush=True)
 
 

@@ -14,6 +14,7 @@ import io
 from datetime import datetime, timezone
 from pathlib import Path
 
+from compress.bench.table import describe
 from compress.errors import CompressError
 
 PNG_DPI = 110
@@ -162,8 +163,7 @@ def table_html(models: dict, batch_size: int) -> str:
     for m in models.values():
         b = m["bench"].get(batch_size)
         p = m["decode_path"]
-        path = "-" if p is None else (f"{p['device']}, {p['cache']} cache, {'compiled' if p['compiled'] else 'eager'}"
-                                      + (f", {p['backend']}" if p.get("backend") else "")
+        path = "-" if p is None else (f"{p['device']}, {describe(p)}"
                                       + (f", {m.get('threads')} threads" if p["device"] == "cpu" else ""))
         cells = [m["label"], m["method"] or "-", f"{m['size_bytes'] / 2**20:.1f}" if m["size_bytes"] else "-"]
         cells += [f"{m['metrics'][n]:.4f}" if n in m["metrics"] else "-" for n in metrics]

@@ -44,7 +44,8 @@ def test_bench_json_has_every_field(bench_json, tiny_model):
         assert m["size_bytes"] > 0 and m["params"] > 0 and m["load_s"] > 0 and m["torch_threads"] == 1
         path = m["decode_path"]
         # CPU: eager with a dynamic cache (see compress.bench.fastpath); the choice is recorded.
-        assert path["device"] == "cpu" and path["cache"] == "dynamic" and path["compile"] is False
+        assert path["device"] == "cpu" and path["cache"] == "dynamic" and path["decoder"] == "generate"
+        assert path["compile"] is False and path["graphed"] is False
         assert path["compiled"] is False and path["kernels"] == {"Linear": 15}  # 7 per layer × 2 + lm_head
         assert [row["batch_size"] for row in m["batches"]] == [1, 2]
         for row in m["batches"]:
@@ -93,7 +94,8 @@ def _main(argv, capsys):
     (["bench", "{model}", "--batch-sizes", "0", "--output", "{tmp}/b.json"], "batch-sizes"),
     (["bench", "{model}", "--device", "tpu", "--output", "{tmp}/b.json"], "--device"),
     (["bench", "{model}", "--gen-len", "1", "--output", "{tmp}/b.json"], "gen_len"),
-    (["bench", "{model}", "--compile", "maybe", "--output", "{tmp}/b.json"], "--compile"),
+    (["bench", "{model}", "--decoder", "maybe", "--output", "{tmp}/b.json"], "--decoder"),
+    (["bench", "{model}", "--decoder", "graph", "--device", "cpu", "--output", "{tmp}/b.json"], "needs --device cuda"),
 ])
 def test_bench_bad_input_is_one_line(tmp_path, tiny_model, capsys, args, message):
     code, err = _main([a.format(tmp=tmp_path, model=tiny_model) for a in args], capsys)
@@ -109,11 +111,29 @@ def test_bench_cuda_without_gpu(tmp_path, tiny_model, capsys):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_fast_path_uses_static_cache_and_graphs(tiny_model):
+def test_cuda_fast_path_replays_one_cuda_graph(tiny_model):
     from compress.bench.run import make_bench_config, measure_model
 
     entry = measure_model(str(tiny_model), make_bench_config(batch_sizes=[1], prompt_len=8, gen_len=8, device="cuda",
                                                              isolate=False, repeats=1))
     path = entry["decode_path"]
-    assert path["cache"] == "static" and path["compile"] and path["compiled"], json.dumps(path)
+    assert path["decoder"] == "graph" and path["cache"] == "static" and path["graphed"], json.dumps(path)
     assert entry["batches"][0]["peak_memory_kind"] == "cuda_max_memory_allocated"
+
+
+def test_static_greedy_loop_matches_generate(tiny_model):
+    """The loop the CUDA graph records is plain greedy decoding: same tokens as transformers' generate (run eagerly here)."""
+    from transformers import AutoModelForCausalLM
+
+    from compress.bench.static_decode import StaticGreedy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    prompt = torch.randint(3, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    want = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=9, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)[:, 7:]
+    loop = StaticGreedy(model, batch_size=2, max_len=20, device="cpu", graph=False)
+    for _ in range(2):  # the second run reuses the filled cache: stale entries past the prompt must not leak in
+        (start, first, end), got = loop.run(prompt, 9, sync=lambda: None)
+        assert torch.equal(got, want) and start <= first <= end
+    with pytest.raises(ValueError, match="exceed the cache"):
+        loop.run(prompt, 20, sync=lambda: None)

@@ -3,16 +3,19 @@
 Eager `generate` with a dynamic KV cache mostly measures Python and kernel-launch overhead, which hides
 what int4/int8 kernels buy (optimum's own GPTQ benchmark shows int4 no faster than fp16 that way). So:
 
-| device | checkpoint | load | decode |
+| device | checkpoint | load | decoder (`auto`) |
 |---|---|---|---|
-| cuda | dense (bf16) | transformers | static KV cache + torch.compile "reduce-overhead" (CUDA graphs) |
-| cuda | GPTQ | `GPTQModel.load(backend=MARLIN)`, TRITON when a layer's K is not a multiple of the group size | static cache + CUDA graphs |
-| cuda | torchao int8-wo | transformers (bf16 activations) | static cache + CUDA graphs (torchao's kernels are written for compile) |
-| cuda | bitsandbytes int8 | transformers (fp16 activations) | static cache, eager (bnb's quantizer declares itself not compileable) |
-| cpu | any | `load_causal_lm` | eager, dynamic cache: inductor on CPU compiles for minutes per shape and needs a C++ toolchain |
+| cuda | dense (bf16) | transformers | `graph`: static KV cache, the decode step captured as one CUDA graph |
+| cuda | GPTQ | `GPTQModel.load(backend=MARLIN)`, TRITON when a layer's K is not a multiple of the group size | `graph` |
+| cuda | torchao int8-wo | transformers (bf16 activations) | `graph` |
+| cuda | bitsandbytes int8 | transformers (fp16 activations) | `graph` tried; LLM.int8() syncs with the host, so capture fails and the same static loop runs eagerly |
+| cpu | any | `load_causal_lm` | `generate`: eager, dynamic cache (inductor on CPU compiles for minutes per shape) |
 
-`compile="on"|"off"` overrides the automatic choice. If the compiled path fails during warm-up, the bench
-falls back to eager and records why. Every choice is written into the result (`decode_path`).
+Decoders: `generate` (transformers' `generate`, eager, dynamic cache), `compile` (`generate` with a static
+cache and `torch.compile(mode="reduce-overhead")`: dynamo breaks its graph at every quantized linear, see
+`compress.bench.static_decode`), `graph` (`compress.bench.static_decode.StaticGreedy`, CUDA only). If a
+compiled or captured path fails during warm-up, the bench falls back to the eager version of the same loop
+and records why. Every choice is written into the result (`decode_path`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from pathlib import Path
 import torch
 
 from compress import runtime
+from compress.errors import CompressError
 from compress.models import ModelRef, checkpoint_dir, load_causal_lm, load_dtype, quant_method, read_config
+
+DECODERS = ("auto", "generate", "compile", "graph")
 
 
 @dataclass
@@ -33,19 +39,38 @@ class DecodePath:
     dtype: str
     loader: str  # transformers | gptqmodel
     backend: str | None  # quantization kernel family requested (marlin, triton, ...), None for dense
+    decoder: str  # generate | compile | graph (what was asked for, after "auto" is resolved)
     cache: str  # static | dynamic
-    compile: bool  # torch.compile of the decode step requested
+    compile: bool  # torch.compile of the decode step requested (decoder "compile")
     compile_mode: str | None
-    compiled: bool = False  # what actually ran (set after warm-up)
+    compiled: bool = False  # a compiled step actually ran (set after warm-up)
+    graphed: bool = False  # the decode step was captured as a CUDA graph and replayed (decoder "graph")
     kernels: dict[str, int] = field(default_factory=dict)  # linear-layer class → count
-    fallback: str | None = None  # why the compiled path was abandoned, if it was
+    fallback: str | None = None  # why the compiled or captured path was abandoned, if it was
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def load_for_decode(ref: ModelRef, device: str, compile: str = "auto"):
-    """(model, tokenizer-free DecodePath) for the fastest decode path of `ref` on `device`."""
+def check_decoder(decoder: str) -> None:
+    if decoder not in DECODERS:
+        raise CompressError(f"--decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+
+
+def resolve_decoder(decoder: str, device: str) -> str:
+    """The decoder `auto` means on `device`; an error for one that cannot run there."""
+    check_decoder(decoder)
+    on_cuda = device.startswith("cuda")
+    if decoder == "auto":
+        return "graph" if on_cuda else "generate"
+    if decoder == "graph" and not on_cuda:
+        raise CompressError("--decoder graph captures CUDA graphs: it needs --device cuda")
+    return decoder
+
+
+def load_for_decode(ref: ModelRef, device: str, decoder: str = "auto"):
+    """(model, DecodePath) for the fastest decode path of `ref` on `device`."""
+    decoder = resolve_decoder(decoder, device)
     method = quant_method(ref)
     on_cuda = device.startswith("cuda")
     dtype = load_dtype(ref, device)
@@ -61,18 +86,12 @@ def load_for_decode(ref: ModelRef, device: str, compile: str = "auto"):
             backend = "bitsandbytes int8"
         elif method == "torchao":
             backend = "torchao int8 weight-only"
-    want_compile = on_cuda and method != "bitsandbytes"
-    if compile == "on":
-        want_compile = True
-    elif compile == "off":
-        want_compile = False
-    use_static = on_cuda or want_compile
     gc = model.generation_config
-    if use_static:
-        gc.cache_implementation = "static"
+    want_compile = decoder == "compile"
     if want_compile:
         from transformers import CompileConfig
 
+        gc.cache_implementation = "static"
         # reduce-overhead = CUDA graphs on the decode step; fullgraph off so kernels that break the graph
         # (custom quantized ops) still run, in pieces, rather than failing.
         gc.compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead" if on_cuda else "default")
@@ -82,8 +101,8 @@ def load_for_decode(ref: ModelRef, device: str, compile: str = "auto"):
         gc.disable_compile = True
     path = DecodePath(
         device=device, dtype=str(next(model.parameters()).dtype).removeprefix("torch."), loader=loader,
-        backend=backend, cache="static" if use_static else "dynamic", compile=want_compile,
-        compile_mode=gc.compile_config.mode if want_compile else None, kernels=linear_kernels(model),
+        backend=backend, decoder=decoder, cache="dynamic" if decoder == "generate" else "static",
+        compile=want_compile, compile_mode=gc.compile_config.mode if want_compile else None, kernels=linear_kernels(model),
     )
     return model, path
 

@@ -63,7 +63,8 @@ def _percentile(values: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
-def generate_once(model, input_ids: torch.Tensor, gen_len: int, pad_id: int, sync) -> list[float]:
+def generate_once(model, input_ids: torch.Tensor, gen_len: int, pad_id: int, sync) -> tuple[float, float, float, float]:
+    """(start, first token, last token, end) of one `generate` call."""
     clock = StepClock(sync)
     sync()
     t0 = time.perf_counter()
@@ -71,7 +72,31 @@ def generate_once(model, input_ids: torch.Tensor, gen_len: int, pad_id: int, syn
                    min_new_tokens=gen_len, do_sample=False, pad_token_id=pad_id, streamer=clock)
     sync()
     end = time.perf_counter()
-    return [t0, *clock.times[1:], end]  # start, one stamp per generated token, end
+    return t0, clock.times[1], clock.times[-1], end  # times[0] is the prompt's put
+
+
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _graph_runner(model, path: DecodePath, input_ids: torch.Tensor, gen_len: int, sync):
+    """The static-cache greedy loop for this batch size, its decode step captured as a CUDA graph when it can be."""
+    from compress.bench.static_decode import StaticGreedy
+
+    decoder = StaticGreedy(model, input_ids.shape[0], input_ids.shape[1] + gen_len + 4, path.device)
+    if path.fallback is None:  # a model whose capture failed once runs eagerly at every batch size
+        try:
+            decoder.capture(input_ids)
+        except Exception as e:  # noqa: BLE001 - an uncapturable step (host sync, dynamic shapes) runs eagerly instead
+            decoder = StaticGreedy(model, input_ids.shape[0], input_ids.shape[1] + gen_len + 4, path.device, graph=False)
+            path.fallback = _reason(e)
+    path.graphed = decoder.graph is not None
+
+    def run_once() -> tuple[float, float, float, float]:
+        (start, first, end), _ = decoder.run(input_ids, gen_len, sync)
+        return start, first, end, end  # the loop syncs after its last token only
+
+    return run_once
 
 
 def measure_batch(model, path: DecodePath, tokenizer, batch_size: int, prompt_len: int, gen_len: int,
@@ -85,20 +110,25 @@ def measure_batch(model, path: DecodePath, tokenizer, batch_size: int, prompt_le
     if on_cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    # A compiled decode step is built (and CUDA graphs recorded) on its first run: never time that one.
-    for _ in range(max(warmup, 1) if path.compile else warmup):
-        try:
-            generate_once(model, input_ids, gen_len, pad_id, sync)
-        except Exception as e:  # noqa: BLE001 - a compile failure must not sink the benchmark: go eager
-            if not path.compile:
-                raise
-            to_eager(model, path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            generate_once(model, input_ids, gen_len, pad_id, sync)
-    mark_compiled(model, path)
+    if path.decoder == "graph":
+        run_once = _graph_runner(model, path, input_ids, gen_len, sync)
+        for _ in range(warmup):
+            run_once()
+    else:
+        run_once = lambda: generate_once(model, input_ids, gen_len, pad_id, sync)  # noqa: E731
+        # A compiled decode step is built (and CUDA graphs recorded) on its first run: never time that one.
+        for _ in range(max(warmup, 1) if path.compile else warmup):
+            try:
+                run_once()
+            except Exception as e:  # noqa: BLE001 - a compile failure must not sink the benchmark: go eager
+                if not path.compile:
+                    raise
+                to_eager(model, path, _reason(e))
+                run_once()
+        mark_compiled(model, path)
     ttft, tpot, tok_s, e2e = [], [], [], []
     for _ in range(repeats):
-        stamps = generate_once(model, input_ids, gen_len, pad_id, sync)
-        start, first, last, end = stamps[0], stamps[1], stamps[-2], stamps[-1]
+        start, first, last, end = run_once()
         ttft.append(first - start)
         e2e.append(end - start)
         if gen_len > 1:

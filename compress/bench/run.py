@@ -37,7 +37,7 @@ class BenchConfig(BaseModel):
     repeats: int = Field(3, ge=1)
     warmup: int = Field(1, ge=0)
     threads: int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default)
-    compile: Literal["auto", "on", "off"] = "auto"
+    decoder: Literal["auto", "generate", "compile", "graph"] = "auto"  # compress.bench.fastpath
     isolate: bool = True  # one subprocess per model
 
     @field_validator("batch_sizes")
@@ -59,6 +59,9 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def make_bench_config(**kwargs) -> BenchConfig:
+    from compress.bench.fastpath import check_decoder, resolve_decoder
+
+    check_decoder(kwargs.get("decoder", "auto"))
     try:
         cfg = BenchConfig(**kwargs)
     except ValidationError as e:
@@ -71,6 +74,7 @@ def make_bench_config(**kwargs) -> BenchConfig:
 
         if not torch.cuda.is_available():
             raise CompressError("--device cuda: no CUDA GPU is available here")
+    resolve_decoder(cfg.decoder, device)  # e.g. "graph" on a CPU: one line, before any model loads
     cfg.device = device
     return cfg
 
@@ -88,7 +92,7 @@ def measure_model(spec: str, cfg: BenchConfig, progress: bool = False) -> dict:
     ref = resolve(spec)
     checkpoint_dir(ref)  # a GGUF converts (once, cached) before the load is timed
     t0 = time.perf_counter()
-    model, path = load_for_decode(ref, cfg.device, cfg.compile)
+    model, path = load_for_decode(ref, cfg.device, cfg.decoder)
     load_s = time.perf_counter() - t0
     tok = load_tokenizer(ref)
     rss_after_load = peak_rss_bytes()

@@ -11,6 +11,19 @@ def _mib(n) -> str:
     return f"{n / 2**20:.1f}" if n is not None else "-"
 
 
+def describe(path: dict) -> str:
+    """A short label for a recorded decode path (also reads results written before `decoder` existed)."""
+    if path.get("graphed"):
+        how = "static cache + CUDA graph"
+    elif path.get("decoder") == "graph":
+        how = "static cache, eager loop"
+    elif path.get("compiled"):
+        how = f"{path['cache']} cache + torch.compile" + (" (CUDA graphs)" if path["device"].startswith("cuda") else "")
+    else:
+        how = f"{path['cache']} cache, eager"
+    return how + (f", {path['backend']}" if path.get("backend") else "")
+
+
 def bench_table(result: dict) -> Table:
     cfg = result["config"]
     table = Table(title=f"bench on {cfg['device']} ({result['hardware'].get('gpu') or result['hardware'].get('cpu', '')}, "
@@ -20,10 +33,7 @@ def bench_table(result: dict) -> Table:
                 "peak MiB", "disk MiB"):
         table.add_column(col, justify="left" if col in ("model", "path") else "right")
     for m, ratio in zip(result["models"], result["ratios_to_first"]):
-        p = m["decode_path"]
-        how = f"{p['cache']}{'+graphs' if p['compiled'] and p['device'].startswith('cuda') else '+compile' if p['compiled'] else ''}"
-        if p.get("backend"):
-            how += f", {p['backend']}"
+        how = describe(m["decode_path"])
         for row in m["batches"]:
             r = ratio["batches"].get(str(row["batch_size"]), {})
             tok_s = (row["decode_tok_s"] or {}).get("median")

@@ -21,7 +21,7 @@ def bench(
     repeats: Annotated[int, typer.Option(help="Timed runs per batch size (medians reported).")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed runs per batch size first (compilation happens here).")] = 1,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's own).")] = None,
-    compile: Annotated[str, typer.Option(help="auto (CUDA: static cache + CUDA graphs) | on | off.")] = "auto",
+    decoder: Annotated[str, typer.Option(help="auto (CUDA: graph, CPU: generate) | generate | compile | graph.")] = "auto",
     report: Annotated[Optional[Path], typer.Option(help="Also write an HTML report (add quality with --eval).")] = None,
     eval_files: Annotated[Optional[list[Path]], typer.Option("--eval", help="eval JSONs for the report's quality axis.")] = None,
 ) -> None:
@@ -30,13 +30,8 @@ def bench(
     from compress.bench import make_bench_config, parse_batch_sizes
     from compress.bench.table import bench_table
     from compress.evaluate.results import write_json_atomic
-
-    if compile not in ("auto", "on", "off"):
-        from compress.errors import CompressError
-
-        raise CompressError(f"--compile must be auto, on or off, got {compile!r}")
     cfg = make_bench_config(batch_sizes=parse_batch_sizes(batch_sizes), prompt_len=prompt_len, gen_len=gen_len,
-                            device=device, repeats=repeats, warmup=warmup, threads=threads, compile=compile)
+                            device=device, repeats=repeats, warmup=warmup, threads=threads, decoder=decoder)
     if report is not None:
         from compress.report import check_inputs
 
