@@ -5,7 +5,7 @@ what int4/int8 kernels buy (optimum's own GPTQ benchmark shows int4 no faster th
 
 | device | checkpoint | load | decoder (`auto`) |
 |---|---|---|---|
-| cuda | dense (bf16) | transformers | `graph`: static KV cache, the decode step captured as one CUDA graph |
+| cuda | dense (bf16) | transformers | `graph`: static KV cache, the torch.compile'd decode step captured as one CUDA graph |
 | cuda | GPTQ | `GPTQModel.load(backend=MARLIN)`, TRITON when a layer's K is not a multiple of the group size | `graph` |
 | cuda | torchao int8-wo | transformers (bf16 activations) | `graph` |
 | cuda | bitsandbytes int8 | transformers (fp16 activations) | `graph` tried; LLM.int8() syncs with the host, so capture fails and the same static loop runs eagerly |
@@ -13,9 +13,10 @@ what int4/int8 kernels buy (optimum's own GPTQ benchmark shows int4 no faster th
 
 Decoders: `generate` (transformers' `generate`, eager, dynamic cache), `compile` (`generate` with a static
 cache and `torch.compile(mode="reduce-overhead")`: dynamo breaks its graph at every quantized linear, see
-`compress.bench.static_decode`), `graph` (`compress.bench.static_decode.StaticGreedy`, CUDA only). If a
-compiled or captured path fails during warm-up, the bench falls back to the eager version of the same loop
-and records why. Every choice is written into the result (`decode_path`).
+`compress.bench.static_decode`), `graph` (`compress.bench.static_decode.StaticGreedy`, CUDA only: the decode
+step compiled by inductor without its own CUDA graphs, then captured whole), `graph-eager` (the same, not
+compiled). If compiling fails, `graph` falls back to `graph-eager`; if capture fails, to the eager loop;
+each fallback is recorded with its reason. Every choice is written into the result (`decode_path`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from compress import runtime
 from compress.errors import CompressError
 from compress.models import ModelRef, checkpoint_dir, load_causal_lm, load_dtype, quant_method, read_config
 
-DECODERS = ("auto", "generate", "compile", "graph")
+DECODERS = ("auto", "generate", "compile", "graph", "graph-eager")
 
 
 @dataclass
@@ -39,12 +40,12 @@ class DecodePath:
     dtype: str
     loader: str  # transformers | gptqmodel
     backend: str | None  # quantization kernel family requested (marlin, triton, ...), None for dense
-    decoder: str  # generate | compile | graph (what was asked for, after "auto" is resolved)
+    decoder: str  # generate | compile | graph | graph-eager (what was asked for, after "auto" is resolved)
     cache: str  # static | dynamic
     compile: bool  # torch.compile of the decode step requested (decoder "compile")
     compile_mode: str | None
     compiled: bool = False  # a compiled step actually ran (set after warm-up)
-    graphed: bool = False  # the decode step was captured as a CUDA graph and replayed (decoder "graph")
+    graphed: bool = False  # the decode step was captured as a CUDA graph and replayed (decoders "graph*")
     kernels: dict[str, int] = field(default_factory=dict)  # linear-layer class → count
     fallback: str | None = None  # why the compiled or captured path was abandoned, if it was
 
@@ -63,7 +64,7 @@ def resolve_decoder(decoder: str, device: str) -> str:
     on_cuda = device.startswith("cuda")
     if decoder == "auto":
         return "graph" if on_cuda else "generate"
-    if decoder == "graph" and not on_cuda:
+    if decoder.startswith("graph") and not on_cuda:
         raise CompressError("--decoder graph captures CUDA graphs: it needs --device cuda")
     return decoder
 
@@ -102,7 +103,7 @@ def load_for_decode(ref: ModelRef, device: str, decoder: str = "auto"):
     path = DecodePath(
         device=device, dtype=str(next(model.parameters()).dtype).removeprefix("torch."), loader=loader,
         backend=backend, decoder=decoder, cache="dynamic" if decoder == "generate" else "static",
-        compile=want_compile, compile_mode=gc.compile_config.mode if want_compile else None, kernels=linear_kernels(model),
+        compile=want_compile or decoder == "graph", compile_mode=gc.compile_config.mode if want_compile else None, kernels=linear_kernels(model),
     )
     return model, path
 

@@ -80,17 +80,30 @@ def _reason(e: Exception) -> str:
 
 
 def _graph_runner(model, path: DecodePath, input_ids: torch.Tensor, gen_len: int, sync):
-    """The static-cache greedy loop for this batch size, its decode step captured as a CUDA graph when it can be."""
+    """The static-cache greedy loop for this batch size, its decode step captured as a CUDA graph when it can be:
+    compiled first (decoder "graph"), else eager; a failure at one level is recorded and the next level runs."""
     from compress.bench.static_decode import StaticGreedy
 
-    decoder = StaticGreedy(model, input_ids.shape[0], input_ids.shape[1] + gen_len + 4, path.device)
-    if path.fallback is None:  # a model whose capture failed once runs eagerly at every batch size
+    size = (model, input_ids.shape[0], input_ids.shape[1] + gen_len + 4, path.device)
+    levels = [dict(compile_step=True), dict(compile_step=False), dict(graph=False)]
+    if not path.compile:  # graph-eager, or a model whose compiled step failed at an earlier batch size
+        levels = levels[1:]
+    if path.fallback is not None and not path.graphed:  # capture failed at an earlier batch size
+        levels = levels[2:]
+    for i, level in enumerate(levels):
+        decoder = StaticGreedy(*size, **level)
+        if decoder.want_graph is False:
+            break
         try:
             decoder.capture(input_ids)
-        except Exception as e:  # noqa: BLE001 - an uncapturable step (host sync, dynamic shapes) runs eagerly instead
-            decoder = StaticGreedy(model, input_ids.shape[0], input_ids.shape[1] + gen_len + 4, path.device, graph=False)
+            break
+        except Exception as e:  # noqa: BLE001 - uncompilable or uncapturable (host sync): next level down
             path.fallback = _reason(e)
+            if level.get("compile_step"):
+                path.compile = False
+                torch._dynamo.reset()
     path.graphed = decoder.graph is not None
+    path.compiled = path.graphed and path.compile
 
     def run_once() -> tuple[float, float, float, float]:
         (start, first, end), _ = decoder.run(input_ids, gen_len, sync)
@@ -110,7 +123,7 @@ def measure_batch(model, path: DecodePath, tokenizer, batch_size: int, prompt_le
     if on_cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    if path.decoder == "graph":
+    if path.decoder.startswith("graph"):
         run_once = _graph_runner(model, path, input_ids, gen_len, sync)
         for _ in range(warmup):
             run_once()

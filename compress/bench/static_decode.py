@@ -24,7 +24,8 @@ import torch
 class StaticGreedy:
     """Greedy decode for one batch size: `run(prompt, gen_len)` → (time stamps, generated token ids [B, gen_len])."""
 
-    def __init__(self, model, batch_size: int, max_len: int, device: str, graph: bool = True) -> None:
+    def __init__(self, model, batch_size: int, max_len: int, device: str, graph: bool = True,
+                 compile_step: bool = False) -> None:
         from transformers import StaticCache
 
         self.model = model
@@ -35,6 +36,9 @@ class StaticGreedy:
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)  # its cache position
         self.want_graph = graph and self.device.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
+        # Inductor fuses the step's small elementwise kernels (norms, rotary, residuals); the graph then
+        # replays its kernels and the quantized ones between them (dynamo breaks around opaque ops, harmlessly).
+        self._decode = torch.compile(self._next, dynamic=False, fullgraph=False) if compile_step else self._next
 
     def _next(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=ids, cache_position=pos, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
@@ -42,7 +46,7 @@ class StaticGreedy:
 
     def _step(self) -> None:
         """One decode step, entirely on the device: the argmax becomes the next input, the position advances."""
-        self.ids.copy_(self._next(self.ids, self.pos)[:, None])
+        self.ids.copy_(self._decode(self.ids, self.pos)[:, None])
         self.pos.add_(1)
 
     @torch.inference_mode()
@@ -58,6 +62,7 @@ class StaticGreedy:
     def capture(self, prompt: torch.Tensor) -> None:
         """Record the decode step (after warm-up steps on a side stream, as CUDA graph capture requires)."""
         self._prefill(prompt)
+        self._step()  # compiles, when compiling, outside the side stream
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
