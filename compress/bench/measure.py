@@ -86,10 +86,10 @@ def _graph_runner(model, path: DecodePath, input_ids: torch.Tensor, gen_len: int
 
     size = (model, input_ids.shape[0], input_ids.shape[1] + gen_len + 4, path.device)
     levels = [dict(compile_step=True), dict(compile_step=False), dict(graph=False)]
-    if not path.compile:  # graph-eager, or a model whose compiled step failed at an earlier batch size
-        levels = levels[1:]
     if path.fallback is not None and not path.graphed:  # capture failed at an earlier batch size
         levels = levels[2:]
+    elif not path.compile:  # graph-eager, or a model whose compiled step failed at an earlier batch size
+        levels = levels[1:]
     for i, level in enumerate(levels):
         decoder = StaticGreedy(*size, **level)
         if decoder.want_graph is False:
