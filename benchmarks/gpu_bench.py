@@ -39,6 +39,10 @@ SHAPES = {
     "llama1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                     intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
                     max_position_embeddings=4096, **_IDS),
+    # SmolLM2-135M's shape (its real weights are in the GGUF; speed does not depend on them)
+    "smollm2-shape": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                          intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
+                          max_position_embeddings=8192, **_IDS),
     # TinyLlama-1.1B: 1.10B parameters, 32k vocab, untied: 88% of the weights are in the quantized linears
     "tinyllama1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
                         intermediate_size=5632, vocab_size=32000, tie_word_embeddings=False, rope_theta=10000.0,

@@ -14,9 +14,9 @@ what int4/int8 kernels buy (optimum's own GPTQ benchmark shows int4 no faster th
 Decoders: `generate` (transformers' `generate`, eager, dynamic cache), `compile` (`generate` with a static
 cache and `torch.compile(mode="reduce-overhead")`: dynamo breaks its graph at every quantized linear, see
 `compress.bench.static_decode`), `graph` (`compress.bench.static_decode.StaticGreedy`, CUDA only: the decode
-step compiled by inductor without its own CUDA graphs, then captured whole), `graph-eager` (the same, not
-compiled). If compiling fails, `graph` falls back to `graph-eager`; if capture fails, to the eager loop;
-each fallback is recorded with its reason. Every choice is written into the result (`decode_path`).
+step compiled by inductor without its own CUDA graphs and the eager step are both captured, and the faster
+is kept), `graph-eager` (the eager step only). A step that fails to compile or capture is recorded with its
+reason; with none captured the same loop runs eagerly. Every choice is written into the result (`decode_path`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class DecodePath:
     compile_mode: str | None
     compiled: bool = False  # a compiled step actually ran (set after warm-up)
     graphed: bool = False  # the decode step was captured as a CUDA graph and replayed (decoders "graph*")
+    graph_step: str | None = None  # which captured step was kept: "compiled" or "eager" (the faster one here)
+    tried: dict[str, float] = field(default_factory=dict)  # per batch size, each captured step's ms/token
     kernels: dict[str, int] = field(default_factory=dict)  # linear-layer class → count
     fallback: str | None = None  # why the compiled or captured path was abandoned, if it was
 

@@ -80,30 +80,45 @@ def _reason(e: Exception) -> str:
 
 
 def _graph_runner(model, path: DecodePath, input_ids: torch.Tensor, gen_len: int, sync):
-    """The static-cache greedy loop for this batch size, its decode step captured as a CUDA graph when it can be:
-    compiled first (decoder "graph"), else eager; a failure at one level is recorded and the next level runs."""
+    """The static-cache greedy loop for this batch size, its decode step captured as a CUDA graph when it can be.
+
+    Decoder "graph" captures both the inductor-compiled step and the eager one and keeps whichever decodes
+    faster here (inductor's fusion wins for dense bf16; some quantized kernels run slower under it); both
+    times are recorded in `path.tried`. A step that cannot be compiled or captured is recorded in
+    `path.fallback`; with no capturable step the loop runs eagerly."""
     from compress.bench.static_decode import StaticGreedy
 
-    size = (model, input_ids.shape[0], input_ids.shape[1] + gen_len + 4, path.device)
-    levels = [dict(compile_step=True), dict(compile_step=False), dict(graph=False)]
-    if path.fallback is not None and not path.graphed:  # capture failed at an earlier batch size
-        levels = levels[2:]
-    elif not path.compile:  # graph-eager, or a model whose compiled step failed at an earlier batch size
-        levels = levels[1:]
-    for i, level in enumerate(levels):
-        decoder = StaticGreedy(*size, **level)
-        if decoder.want_graph is False:
-            break
+    batch, max_len = input_ids.shape[0], input_ids.shape[1] + gen_len + 4
+    kinds = (["compiled"] if path.compile else []) + ["eager"]
+    if path.fallback is not None and not path.graphed:  # nothing captured at an earlier batch size
+        kinds = []
+    captured = {}
+    for kind in kinds:
+        decoder = StaticGreedy(model, batch, max_len, path.device, compile_step=kind == "compiled")
         try:
             decoder.capture(input_ids)
-            break
-        except Exception as e:  # noqa: BLE001 - uncompilable or uncapturable (host sync): next level down
-            path.fallback = _reason(e)
-            if level.get("compile_step"):
+        except Exception as e:  # noqa: BLE001 - uncompilable or uncapturable (a host sync): try the next kind
+            path.fallback = f"{kind} step: {_reason(e)}"
+            if kind == "compiled":
                 path.compile = False
                 torch._dynamo.reset()
+            continue
+        decoder.run(input_ids, gen_len, sync)  # warm
+        (_, first, end), _ = decoder.run(input_ids, gen_len, sync)
+        captured[kind] = (decoder, (end - first) / (gen_len - 1))
+        path.tried[f"b{batch} {kind} graph ms/token"] = round(captured[kind][1] * 1e3, 4)
+    if captured:
+        kind = min(captured, key=lambda k: captured[k][1])
+        decoder = captured[kind][0]
+        path.graph_step = kind
+    else:
+        decoder = StaticGreedy(model, batch, max_len, path.device, graph=False)
     path.graphed = decoder.graph is not None
-    path.compiled = path.graphed and path.compile
+    path.compiled = path.graphed and path.graph_step == "compiled"
+    captured.clear()  # free the slower candidate, so peak memory is the kept path's alone
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
 
     def run_once() -> tuple[float, float, float, float]:
         (start, first, end), _ = decoder.run(input_ids, gen_len, sync)

@@ -14,7 +14,7 @@ def _mib(n) -> str:
 def describe(path: dict) -> str:
     """A short label for a recorded decode path (also reads results written before `decoder` existed)."""
     if path.get("graphed"):
-        how = "static cache + CUDA graph"
+        how = "static cache + CUDA graph" + (" of the compiled step" if path.get("graph_step") == "compiled" else "")
     elif path.get("decoder") == "graph":
         how = "static cache, eager loop"
     elif path.get("compiled"):
