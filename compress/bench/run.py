@@ -37,7 +37,7 @@ class BenchConfig(BaseModel):
     repeats: int = Field(3, ge=1)
     warmup: int = Field(1, ge=0)
     threads: int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default)
-    decoder: Literal["auto", "generate", "compile", "graph"] = "auto"  # compress.bench.fastpath
+    decoder: Literal["auto", "generate", "compile", "graph", "graph-eager"] = "auto"  # compress.bench.fastpath
     isolate: bool = True  # one subprocess per model
 
     @field_validator("batch_sizes")
