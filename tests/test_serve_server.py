@@ -364,7 +364,7 @@ def test_slo_controller_sheds_batch_then_all_with_retry_after(tiers, tmp_path):
             assert r.status_code == 503 and r.json()["error"]["code"] == "slo_shed" and r.headers["retry-after"]
         text = httpx.get(s.url + "/metrics").text
         assert metric(text, "compress_slo_state") == 3
-        assert metric(text, "compress_shed_requests_total", **{"class": "batch"}) == 1
+        assert metric(text, "compress_shed_requests_total", tier="tiny-a", **{"class": "batch"}) == 1
         assert httpx.get(s.url + "/health").status_code == 200
     finally:
         assert s.stop() == 0
@@ -442,5 +442,14 @@ def test_interactive_requests_overtake_queued_batch_work(tiers, tmp_path):
         assert done.index("interactive") == 1, done
         text = httpx.get(s.url + "/metrics").text
         assert metric(text, "compress_requests_total", tier="tiny-a", status="200", **{"class": "batch"}) == 4
+        # Every per-request metric carries tier and class.
+        for cls, n in (("batch", 4), ("interactive", 1)):
+            lab = {"tier": "tiny-a", "class": cls}
+            assert metric(text, "compress_generation_tokens_total", **lab) == 40 * n
+            assert metric(text, "compress_prompt_tokens_total", **lab) > 0
+            for hist in ("compress_time_to_first_token_seconds", "compress_queue_time_seconds",
+                         "compress_e2e_request_latency_seconds"):
+                assert metric(text, hist + "_count", **lab) == n, hist
+            assert metric(text, "compress_inter_token_latency_seconds_count", **lab) == 39 * n
     finally:
         assert s.stop() == 0

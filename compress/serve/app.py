@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from compress.manifest import LocalTier, Manifest
 from compress.serve import cache as cache_mod
 from compress.serve import protocol as P
-from compress.serve.batcher import SamplingParams
+from compress.serve.batcher import CLASSES, SamplingParams
 from compress.serve.engine import AsyncEngine, load_engine
 from compress.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from compress.serve.protocol import APIError
@@ -216,13 +216,13 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             metrics.slo_state.set(int(slo.state(now)))
             for eng in engines_():
                 eng.core.batcher.max_wait_s = settings.max_wait_ms / 1000 * slo.wait_scale(now)
-            if not slo.admit(cls, now):
-                metrics.shed.labels(cls).inc()
-                raise APIError(503, f"shedding {cls} load to keep interactive p95 under "
-                               f"{settings.slo_interactive_p95_s:g} s; retry later", type="server_error",
-                               code="slo_shed", headers={"Retry-After": "2"})
             floor = slo.route_floor(settings.route_floor, now)
         decision = router.route(req.model, prompt_text, _requested_tokens(req), floor=floor)
+        if slo is not None and not slo.admit(cls, now):
+            metrics.shed.labels(decision.tiers[0].name, cls).inc()
+            raise APIError(503, f"shedding {cls} load to keep interactive p95 under "
+                           f"{settings.slo_interactive_p95_s:g} s; retry later", type="server_error",
+                           code="slo_shed", headers={"Retry-After": "2"})
         if decision.difficulty is not None:
             log.info("route %s: difficulty %.2f needs quality %s -> %s", req.model, decision.difficulty,
                      "any" if decision.required_quality is None else f"{decision.required_quality:.2f}",
@@ -237,7 +237,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             key = cache_mod.cache_key(scope, tier.name, body) if (pol.read or pol.write) else None
             if pol.read:
                 hit = cache.get(key, pol.max_age_s)
-                metrics.cache.labels(tier.name, "hit" if hit else "miss").inc()
+                metrics.cache.labels(tier.name, cls, "hit" if hit else "miss").inc()
                 if hit is not None:
                     hit["model"] = req.model
                     metrics.requests.labels(tier.name, "200", cls).inc()
@@ -253,7 +253,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
                     resp, answer = await _local(state["engines"][tier.name], tier, req, request, chat, headers, cls)
             except APIError as e:
                 if e.status in _RETRYABLE and i + 1 < len(decision.tiers):
-                    metrics.fallbacks.labels(tier.name, str(e.status)).inc()
+                    metrics.fallbacks.labels(tier.name, cls, str(e.status)).inc()
                     log.info("tier %s answered %d; falling back to %s", tier.name, e.status,
                              decision.tiers[i + 1].name)
                     continue
@@ -281,7 +281,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         except _ClientGone:
             return Response(status_code=499), None  # nobody is listening; nginx's "client closed request"
         use = P.usage(len(prompt_ids), n_out)
-        metrics.prompt_tokens.labels(tier.name).inc(len(prompt_ids))
+        metrics.prompt_tokens.labels(tier.name, cls).inc(len(prompt_ids))
         answer = (P.chat_body if chat else P.completion_body)(rid, req.model, text, finish, use)
         cost = charge(tier, cls, use)
         if cost is not None:
@@ -376,7 +376,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             await stream.aclose()
             metrics.requests.labels(tier, status, cls).inc()
             if status == "200":
-                metrics.prompt_tokens.labels(tier).inc(n_prompt)
+                metrics.prompt_tokens.labels(tier, cls).inc(n_prompt)
                 finished(tier, cls, start)
                 charge(manifest.tier(tier), cls, P.usage(n_prompt, n_out))
 
@@ -406,8 +406,8 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             return status, JSONResponse(data, status_code=status, headers=headers), None
         finished(name, cls, start)
         use = data.get("usage") or {}
-        metrics.prompt_tokens.labels(name).inc(use.get("prompt_tokens", 0) or 0)
-        metrics.generation_tokens.labels(name).inc(use.get("completion_tokens", 0) or 0)
+        metrics.prompt_tokens.labels(name, cls).inc(use.get("prompt_tokens", 0) or 0)
+        metrics.generation_tokens.labels(name, cls).inc(use.get("completion_tokens", 0) or 0)
         data["model"] = req.model
         cost = charge(remote.tier, cls, use)
         if cost is not None:
@@ -425,7 +425,7 @@ class _ClientGone(Exception):
 
 
 _RETRYABLE = {429, 500, 502, 503}
-PRIORITY = {"interactive": 0, "batch": 1}
+PRIORITY = {c: i for i, c in enumerate(CLASSES)}
 
 
 def _priority_class(req, request: Request) -> str:

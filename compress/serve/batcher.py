@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 
+CLASSES = ("interactive", "batch")  # traffic classes; a sequence's priority is its index (lower goes first)
+
+
 class QueueFull(Exception):
     """The waiting queue is at its bound."""
 
@@ -44,7 +47,7 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     arrival: float
-    priority: int = 0  # 0 = interactive, 1 = batch: lower is admitted first
+    priority: int = 0  # index into CLASSES: 0 = interactive, 1 = batch; lower is admitted first
     output_ids: list[int] = field(default_factory=list)
     text: str = ""  # output text that may be shown (stop strings cut off)
     emitted: int = 0  # characters of `text` already handed out
@@ -56,6 +59,10 @@ class Sequence:
     last_token_at: float | None = None
     slot: Any = None  # the runner's per-sequence state (sampling generator, ...)
     sink: Any = None  # the front end's per-request queue
+
+    @property
+    def cls(self) -> str:
+        return CLASSES[self.priority]
 
 
 @dataclass
