@@ -52,13 +52,13 @@ def test_quality_from_perplexity_and_unknown_quality():
 
 
 def test_cache_policy_from_cache_control():
-    assert policy(None, 60, deterministic=True, stream=False) == (True, True, 60, None)
-    assert policy("no-cache", 60, True, False)[:2] == (False, True)
-    assert policy("no-store", 60, True, False)[:2] == (False, False)
-    assert policy("max-age=5", 60, True, False) == (True, True, 5.0, 5.0)
-    assert policy("max-age=0", 60, True, False)[:2] == (True, False)  # only fresh-as-now entries; not stored
-    assert policy(None, 60, deterministic=False, stream=False)[:2] == (False, False)
-    assert policy(None, 60, deterministic=True, stream=True)[:2] == (False, False)
+    assert policy(None, 60, deterministic=True) == (True, True, 60, None)
+    assert policy("no-cache", 60, True)[:2] == (False, True)
+    assert policy("no-store", 60, True)[:2] == (False, False)
+    assert policy("max-age=5", 60, True) == (True, True, 5.0, 5.0)
+    assert policy("max-age=0", 60, True)[:2] == (True, False)  # only fresh-as-now entries; not stored
+    assert policy("No-Cache, max-age=7", 60, True) == (False, True, 7.0, 7.0)
+    assert policy(None, 60, deterministic=False)[:2] == (False, False)
 
 
 def test_cache_scoping_ttl_and_byte_bound():

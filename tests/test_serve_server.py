@@ -111,16 +111,16 @@ def test_tiers_are_different_models_and_auto_is_cheapest(server, client):
 
 def test_streaming_matches_non_streaming(server, client):
     full = client.chat.completions.create(model="tiny-a", messages=[{"role": "user", "content": "Tell a story"}],
-                                          max_tokens=20, temperature=0)
+                                          max_tokens=20, temperature=0, extra_headers=NO_STORE)
     chunks = list(client.chat.completions.create(
         model="tiny-a", messages=[{"role": "user", "content": "Tell a story"}], max_tokens=20, temperature=0,
-        stream=True, stream_options={"include_usage": True}))
+        stream=True, stream_options={"include_usage": True}, extra_headers=NO_STORE))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 20 and chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
 
-    with httpx.stream("POST", server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+    with httpx.stream("POST", server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}", **NO_STORE},
                       json={"model": "tiny-a", "prompt": "Hi", "max_tokens": 5, "temperature": 0,
                             "stream": True}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -129,7 +129,53 @@ def test_streaming_matches_non_streaming(server, client):
     pieces = [json.loads(e[6:]) for e in events[:-1]]
     assert "".join(p["choices"][0]["text"] for p in pieces) == \
         _post(server, "/v1/completions", {"model": "tiny-a", "prompt": "Hi", "max_tokens": 5,
-                                          "temperature": 0}).json()["choices"][0]["text"]
+                                          "temperature": 0}, headers=NO_STORE).json()["choices"][0]["text"]
+
+
+def _sse(server, path, body, **headers):
+    """(response headers, parsed data events without [DONE]) of a streaming request."""
+    with httpx.stream("POST", server.url + path, json={**body, "stream": True}, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}", **headers}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return r.headers, [json.loads(e) for e in events[:-1]]
+
+
+def test_streams_are_cached_replayed_and_costed(server):
+    """A stream is stored once complete; the same request (streaming or not) is then a hit, and a
+    streaming hit is replayed as SSE. The exact cost rides in the final usage chunk; the header
+    before the stream starts is an upper bound."""
+    body = {"model": "tiny-b", "messages": [{"role": "user", "content": "Stream and cache me"}], "max_tokens": 9,
+            "temperature": 0, "user": "dave", "stream_options": {"include_usage": True}}
+    head, live = _sse(server, "/v1/chat/completions", body)
+    assert (head["x-compress-tier"], head["x-compress-cache"]) == ("tiny-b", "miss")
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in live if c["choices"])
+    use = live[-1]["usage"]
+    assert use["completion_tokens"] == 9 and live[-1]["choices"] == []
+    assert use["cost"] == pytest.approx(use["total_tokens"] / 1000 * 0.002, rel=1e-6)
+    bound = (use["prompt_tokens"] + 9) / 1000 * 0.002
+    assert float(head["x-compress-cost-max"]) == pytest.approx(bound, rel=1e-6) and use["cost"] <= bound
+
+    head, replay = _sse(server, "/v1/chat/completions", body)
+    assert (head["x-compress-cache"], head["x-compress-cost"]) == ("hit", "0")
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in replay if c["choices"]) == text
+    assert [c["choices"][0]["finish_reason"] for c in replay if c["choices"]][-1] == "length"
+    assert replay[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert replay[-1]["usage"]["completion_tokens"] == 9 and replay[-1]["usage"]["cost"] == 0
+
+    plain = _post(server, "/v1/chat/completions", {**body, "stream_options": None})
+    assert plain.headers["x-compress-cache"] == "hit" and plain.json()["choices"][0]["message"]["content"] == text
+    assert _sse(server, "/v1/chat/completions", {**body, "user": "erin"})[0]["x-compress-cache"] == "miss"
+
+    # A completion stream stored with no-store is not there afterwards; one stored normally is.
+    prompt = {"model": "tiny-a", "prompt": "Streamed once", "max_tokens": 6, "temperature": 0}
+    assert _sse(server, "/v1/completions", prompt, **NO_STORE)[0].get("x-compress-cache") is None
+    head, first = _sse(server, "/v1/completions", prompt)
+    assert head["x-compress-cache"] == "miss" and all(c["usage"] is None for c in first)  # none asked for
+    head, again = _sse(server, "/v1/completions", prompt)
+    assert head["x-compress-cache"] == "hit"
+    assert "".join(c["choices"][0]["text"] for c in again) == "".join(c["choices"][0]["text"] for c in first)
 
 
 def test_concurrent_requests_are_batched_and_match_alone(server):
@@ -227,7 +273,7 @@ def test_remote_tier_is_proxied_with_streaming(server, tmp_path):
         proxied = c.completions.create(model="far", prompt="Hello", max_tokens=9, temperature=0)
         assert proxied.choices[0].text == direct["choices"][0]["text"] and proxied.usage.completion_tokens == 9
         stream = c.completions.create(model="far", prompt="Hello", max_tokens=9, temperature=0, stream=True,
-                                      stream_options={"include_usage": True})
+                                      stream_options={"include_usage": True}, extra_headers=NO_STORE)
         chunks = list(stream)
         assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == direct["choices"][0]["text"]
         assert chunks[-1].usage.completion_tokens == 9
