@@ -99,7 +99,7 @@ def test_interactive_is_admitted_before_batch():
 def test_slo_controller_tightens_sheds_and_recovers():
     from compress.serve.slo import SLOConfig, SLOController, State
 
-    c = SLOController(SLOConfig(interactive_p95_s=2.0, window_s=10.0, min_samples=5))
+    c = SLOController(SLOConfig({"interactive": 2.0, "batch": 30.0}, window_s=10.0, min_samples=5))
     assert c.state(0.0) == State.OK and c.admit("batch", 0.0)
     for i in range(20):
         c.observe("interactive", 0.5, now=i * 0.1)
@@ -118,6 +118,10 @@ def test_slo_controller_tightens_sheds_and_recovers():
     for i in range(20):
         c.observe("interactive", 0.3, now=31.0 + i * 0.1)
     assert c.state(33.0) == State.OK
+    for i in range(10):  # slow batch work has its own state and never sheds interactive requests
+        c.observe("batch", 29.0, now=33.0 + i * 0.1)
+    assert c.state(34.0, "batch") == State.SHED and c.state(34.0) == State.OK and c.admit("interactive", 34.0)
+    assert SLOController(SLOConfig({"batch": 1.0})).state(0.0) == State.OK  # no interactive target: no action
 
 
 def test_budget_burn_rate_alert_fires_before_the_budget_is_spent():

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from compress.manifest import build_manifest, write_manifest
 from compress.models import load_causal_lm, load_tokenizer
@@ -390,10 +391,13 @@ def test_response_cache_scoped_per_user_with_ttl_and_no_store(server):
 @pytest.mark.slow  # starts its own server process
 def test_slo_controller_sheds_batch_then_all_with_retry_after(tiers, tmp_path):
     # A 10 ms interactive p95 target that a CPU cannot meet: after 5 slow answers (cache hits do not
-    # count) the controller is
-    # past the target, so it refuses new work of both classes with 503 + Retry-After, and says so.
+    # count) the controller is past the target, so it refuses new work of both classes with 503 +
+    # Retry-After, and says so. The manifest's SLOs are read; the flag overrides the interactive one.
+    raw = yaml.safe_load(tiers.read_text())
+    raw["slo"] = {"interactive": {"p95_s": 30.0}, "batch": {"p95_s": 45.0}}
+    (tmp_path / "slo.yaml").write_text(yaml.safe_dump(raw))
     db = tmp_path / "cache.db"
-    s = Server(tiers, "--slo-p95", "0.01", "--cache-db", str(db), log=tmp_path / "slo.log")
+    s = Server(tmp_path / "slo.yaml", "--slo-p95", "0.01", "--cache-db", str(db), log=tmp_path / "slo.log")
     try:
         body = {"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 20, "temperature": 0}
         # The response cache lives in a SQLite file here (what replicas would share).
@@ -409,7 +413,10 @@ def test_slo_controller_sheds_batch_then_all_with_retry_after(tiers, tmp_path):
             r = _post(s, "/v1/completions", {**body, "priority": cls}, key=None, headers=NO_STORE)
             assert r.status_code == 503 and r.json()["error"]["code"] == "slo_shed" and r.headers["retry-after"]
         text = httpx.get(s.url + "/metrics").text
-        assert metric(text, "compress_slo_state") == 3
+        assert metric(text, "compress_slo_state", **{"class": "interactive"}) == 3
+        assert metric(text, "compress_slo_target_seconds", **{"class": "interactive"}) == 0.01  # the flag
+        assert metric(text, "compress_slo_target_seconds", **{"class": "batch"}) == 45.0  # the manifest
+        assert metric(text, "compress_slo_p95_seconds", **{"class": "interactive"}) > 0.01
         assert metric(text, "compress_shed_requests_total", tier="tiny-a", **{"class": "batch"}) == 1
         assert httpx.get(s.url + "/health").status_code == 200
     finally:
@@ -499,3 +506,32 @@ def test_interactive_requests_overtake_queued_batch_work(tiers, tmp_path):
             assert metric(text, "compress_inter_token_latency_seconds_count", **lab) == 39 * n
     finally:
         assert s.stop() == 0
+
+
+@pytest.mark.slow  # starts two server processes
+def test_replicas_share_a_sqlite_cache_with_isolation_and_ttl(tiers, tmp_path):
+    db = tmp_path / "shared-cache.db"
+    a = Server(tiers, "--cache-db", str(db), "--api-key", KEY, "--api-key", KEY2, log=tmp_path / "a.log")
+    b = Server(tiers, "--cache-db", str(db), "--api-key", KEY, "--api-key", KEY2, log=tmp_path / "b.log")
+    try:
+        body = {"model": "tiny-a", "prompt": "Two replicas", "max_tokens": 6, "temperature": 0, "user": "alice"}
+
+        def ask(s, b=body, key=KEY, **headers):
+            r = _post(s, "/v1/completions", b, key=key, headers=headers)
+            assert r.status_code == 200
+            return r.headers.get("x-compress-cache"), r.json()["choices"][0]["text"]
+
+        first = ask(a)
+        assert first[0] == "miss" and ask(b) == ("hit", first[1])  # answered by A, then from the shared file by B
+        assert ask(b, {**body, "user": "bob"})[0] == "miss"  # isolation holds across replicas
+        assert ask(b, key=KEY2)[0] == "miss"
+        assert ask(a, {**body, "prompt": "Not kept"}, **NO_STORE)[0] is None
+        assert ask(b, {**body, "prompt": "Not kept"})[0] == "miss"
+        short = {**body, "prompt": "Short lived"}
+        assert ask(a, short, **{"cache-control": "max-age=1"})[0] == "miss"
+        assert ask(b, short)[0] == "hit"
+        time.sleep(1.2)
+        assert ask(b, short)[0] == "miss"  # the entry's TTL, set by A, ran out for B too
+        assert metric(httpx.get(b.url + "/metrics").text, "compress_cache_lookups_total", result="hit") == 2
+    finally:
+        assert a.stop() == 0 and b.stop() == 0

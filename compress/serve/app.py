@@ -52,7 +52,7 @@ class ServeSettings:
     cache_max_bytes: int = 64 << 20
     cache_db: str | None = None  # a SQLite file shared by replicas; None: in-process cache
     route_floor: float = 0.8  # `auto`: the easiest requests accept tiers within this of the best quality
-    slo_interactive_p95_s: float | None = None  # None: no SLO controller
+    slo_p95_s: dict[str, float] = field(default_factory=dict)  # class -> p95 target; overrides the manifest's
     budget: BudgetConfig | None = None  # None: no budgets
     rate_limit_rpm: int | None = None  # requests per minute per API key; None: unlimited
     alert_webhook: str | None = None  # budget alerts are POSTed here as JSON
@@ -64,7 +64,10 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
     router = Router(manifest, floor=settings.route_floor)
     cache = (SqliteResponseCache(settings.cache_db, settings.cache_max_bytes) if settings.cache_db
              else ResponseCache(settings.cache_max_bytes))
-    slo = SLOController(SLOConfig(settings.slo_interactive_p95_s)) if settings.slo_interactive_p95_s else None
+    targets = {**{c: s.p95_s for c, s in manifest.slo.items()}, **settings.slo_p95_s}
+    slo = SLOController(SLOConfig(targets)) if targets else None  # None: no SLO controller
+    for cls_, target in targets.items():
+        metrics.slo_target.labels(cls_).set(target)
     state: dict[str, Any] = {"engines": dict(engines or {}), "remotes": {}}
 
     @asynccontextmanager
@@ -213,7 +216,10 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         floor = None
         if slo is not None:
             now = time.monotonic()
-            metrics.slo_state.set(int(slo.state(now)))
+            for c in CLASSES:
+                metrics.slo_state.labels(c).set(int(slo.state(now, c)))
+                p95 = slo.p95(c, now)
+                metrics.slo_p95.labels(c).set(float("nan") if p95 is None else p95)
             for eng in engines_():
                 eng.core.batcher.max_wait_s = settings.max_wait_ms / 1000 * slo.wait_scale(now)
             floor = slo.route_floor(settings.route_floor, now)
@@ -221,7 +227,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         if slo is not None and not slo.admit(cls, now):
             metrics.shed.labels(decision.tiers[0].name, cls).inc()
             raise APIError(503, f"shedding {cls} load to keep interactive p95 under "
-                           f"{settings.slo_interactive_p95_s:g} s; retry later", type="server_error",
+                           f"{targets['interactive']:g} s; retry later", type="server_error",
                            code="slo_shed", headers={"Retry-After": "2"})
         if decision.difficulty is not None:
             log.info("route %s: difficulty %.2f needs quality %s -> %s", req.model, decision.difficulty,

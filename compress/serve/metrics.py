@@ -39,8 +39,12 @@ class ServeMetrics:
                             ["tier", "class"], registry=r)
         self.shed = Counter("compress_shed_requests", "Requests refused by the SLO controller, by the "
                             "tier they were routed to.", ["tier", "class"], registry=r)
-        self.slo_state = Gauge("compress_slo_state", "SLO controller state: 0 ok, 1 tight, 2 shedding batch, "
-                               "3 shedding all.", registry=r)
+        self.slo_state = Gauge("compress_slo_state", "SLO state per class (interactive drives the controller): "
+                               "0 ok, 1 tight, 2 shedding batch, 3 shedding all.", ["class"], registry=r)
+        self.slo_p95 = Gauge("compress_slo_p95_seconds", "Rolling p95 end-to-end latency the SLO controller sees "
+                             "(NaN: too few recent samples).", ["class"], registry=r)
+        self.slo_target = Gauge("compress_slo_target_seconds", "p95 end-to-end latency target.", ["class"],
+                                registry=r)
         self.budget_alerts = Counter("compress_budget_alerts", "Budget alerts, by kind (burn, exhausted, spike).",
                                      ["kind"], registry=r)
         self.batch_size = Histogram("compress_batch_size", "Sequences per joint decode step.", ["tier"],
