@@ -96,6 +96,21 @@ def test_interactive_is_admitted_before_batch():
     assert [s.id for s in admitted] == ["b1"]  # first come first served within a class
 
 
+def test_batch_requests_leave_queue_room_for_interactive_ones():
+    from compress.serve.batcher import QueueFull
+
+    b = Batcher(max_batch=1, max_wait_s=0.0, max_queue=8)
+    p = SamplingParams(max_tokens=4)
+    for i in range(6):  # batch work may take 8 - 8 // 4 = 6 places
+        b.add(Sequence(f"b{i}", [1], p, 0.0, priority=1))
+    with pytest.raises(QueueFull):
+        b.add(Sequence("b6", [1], p, 0.0, priority=1))
+    b.add(Sequence("i0", [1], p, 0.0, priority=0))
+    b.add(Sequence("i1", [1], p, 0.0, priority=0))
+    with pytest.raises(QueueFull):  # the bound itself still holds
+        b.add(Sequence("i2", [1], p, 0.0, priority=0))
+
+
 def test_slo_controller_tightens_sheds_and_recovers():
     from compress.serve.slo import SLOConfig, SLOController, State
 

@@ -540,13 +540,14 @@ def test_replicas_share_a_sqlite_cache_with_isolation_and_ttl(tiers, tmp_path):
 
 @pytest.mark.slow  # a bounded load test: ~15 s of traffic
 def test_interactive_p95_holds_under_a_batch_flood(tiers, tmp_path):
-    """Eight clients flood the server with long batch requests, more than its batch slots and queue
+    """Sixteen clients flood the server with long batch requests, more than its batch slots and queue
     hold, while one client sends short interactive requests. Interactive requests go first into free
-    slots and the SLO controller sheds batch work as the interactive p95 nears its target, so the
-    interactive p95 stays under it; every batch request either completes in full or is refused
-    explicitly (429/503 with Retry-After); the server serves normally afterwards."""
+    slots and batch work may not take the queue's last places (the SLO controller is on too, and
+    would shed batch work if the interactive p95 neared its target), so the interactive p95 stays
+    under it; every batch request either completes in full or is refused explicitly (429/503 with
+    Retry-After); the server serves normally afterwards."""
     target = 2.0  # the issue's example SLO; the tiny model answers an interactive request in ~0.1 s alone
-    s = Server(tiers, "--max-batch", "4", "--max-queue", "6", "--max-wait-ms", "20", "--slo-p95", str(target),
+    s = Server(tiers, "--max-batch", "4", "--max-queue", "8", "--max-wait-ms", "20", "--slo-p95", str(target),
                log=tmp_path / "flood.log")
     try:
         batch_body = {"model": "tiny-b", "prompt": "Once upon a time", "max_tokens": 120, "temperature": 0,
@@ -555,31 +556,39 @@ def test_interactive_p95_holds_under_a_batch_flood(tiers, tmp_path):
         stop = threading.Event()
         batch_outcomes: list[httpx.Response] = []
 
-        def flood():
+        def flood():  # each client sends again at once, or after a short pause when refused
             with httpx.Client(timeout=120) as c:
                 while not stop.is_set():
-                    batch_outcomes.append(c.post(s.url + "/v1/completions", json=batch_body, headers=NO_STORE))
+                    r = c.post(s.url + "/v1/completions", json=batch_body, headers=NO_STORE)
+                    batch_outcomes.append(r)
+                    if r.status_code != 200:
+                        stop.wait(0.25)
 
-        with cf.ThreadPoolExecutor(8) as pool:
-            floods = [pool.submit(flood) for _ in range(8)]
-            deadline = time.monotonic() + 30
-            while metric(httpx.get(s.url + "/metrics").text, "compress_running_requests", tier="tiny-b") < 4:
-                assert time.monotonic() < deadline, "the flood never filled the batch"
-                time.sleep(0.05)
-            latencies = []
-            with httpx.Client(timeout=60) as c:
-                for i in range(30):
-                    t0 = time.monotonic()
-                    r = c.post(s.url + "/v1/completions", json={**inter_body, "prompt": f"Hi {i}"}, headers=NO_STORE)
-                    latencies.append(time.monotonic() - t0)
-                    assert r.status_code == 200, r.text
-                    assert r.json()["usage"]["completion_tokens"] == 16
-                    time.sleep(0.2)
-            busy = metric(httpx.get(s.url + "/metrics").text, "compress_running_requests", tier="tiny-b")
-            stop.set()
+        latencies: list[float] = []
+        with cf.ThreadPoolExecutor(16) as pool:
+            floods = [pool.submit(flood) for _ in range(16)]
+            try:
+                deadline = time.monotonic() + 30
+                while metric(httpx.get(s.url + "/metrics").text, "compress_running_requests", tier="tiny-b") < 4:
+                    assert time.monotonic() < deadline, "the flood never filled the batch"
+                    time.sleep(0.05)
+                with httpx.Client(timeout=60) as c:
+                    for i in range(20):
+                        t0 = time.monotonic()
+                        r = c.post(s.url + "/v1/completions", json={**inter_body, "prompt": f"Hi {i}"},
+                                   headers=NO_STORE)
+                        latencies.append(time.monotonic() - t0)
+                        assert r.status_code == 200, r.text
+                        assert r.json()["usage"]["completion_tokens"] == 16
+                        time.sleep(0.2)
+                busy = metric(httpx.get(s.url + "/metrics").text, "compress_running_requests", tier="tiny-b")
+            finally:
+                stop.set()
             for f in floods:
                 f.result()
         p95 = sorted(latencies)[math.ceil(0.95 * len(latencies)) - 1]
+        print(f"interactive p95 {p95:.3f} s, max {max(latencies):.3f} s; batch outcomes "
+              f"{ {c: [r.status_code for r in batch_outcomes].count(c) for c in (200, 429, 503)} }")
         assert p95 < target, f"interactive p95 {p95:.2f} s with the flood (target {target} s)"
         assert busy >= 1  # the flood was still running when the last interactive request finished
         codes = [r.status_code for r in batch_outcomes]
