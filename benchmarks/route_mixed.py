@@ -174,6 +174,7 @@ def plot(res: dict, png: Path) -> None:
     for ax, title in zip(axes, ("interactive p95 (s)", f"goodput (share answered within {SLO_S:g} s)",
                                 "accuracy (refused = wrong)")):
         ax.set_xlabel("arrival rate (requests/s)")
+        ax.set_xscale("log", base=2)
         ax.set_title(title)
         ax.legend()
     fig.tight_layout()
