@@ -7,6 +7,9 @@ a cost per 1k generated tokens (price per hour / measured tokens per second, or 
 remote tier is any OpenAI-compatible endpoint (vLLM, SGLang, another `compress serve`) that the
 server proxies. Anything not measured is null ("unknown"), never guessed.
 
+The manifest may also state service-level objectives per traffic class (`slo: {interactive: {p95_s:
+2.0}, batch: {p95_s: 60}}`): end-to-end p95 targets that `compress serve` keeps (its flags override).
+
 `build_manifest` makes one from model paths; `load_manifest` reads and validates one (unknown keys,
 unknown schema_version and missing artifacts are one-line CompressErrors).
 """
@@ -77,11 +80,18 @@ class RemoteTier(_TierBase):
 
 
 Tier = Annotated[Union[LocalTier, RemoteTier], Field(discriminator="kind")]
+TrafficClass = Literal["interactive", "batch"]  # compress.serve.batcher.CLASSES
+
+
+class SLO(_Strict):
+    """A latency objective for one traffic class: end-to-end p95 in seconds."""
+    p95_s: float = Field(gt=0)
 
 
 class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
     currency: str = "USD"
+    slo: dict[TrafficClass, SLO] = {}  # optional; `compress serve --slo-p95 ...` overrides per class
     tiers: list[Tier]
 
     def tier(self, name: str) -> LocalTier | RemoteTier | None:
@@ -236,7 +246,7 @@ def _split_pairs(pairs: list[str], what: str) -> dict[str, str]:
 
 def build_manifest(models: list[str], *, names: list[str] = (), costs: list[str] = (), api_key_envs: list[str] = (),
                    price_per_gpu_hour: float | None = None, price_per_cpu_hour: float | None = None,
-                   currency: str = "USD") -> Manifest:
+                   currency: str = "USD", slos: list[str] = ()) -> Manifest:
     """One tier per MODEL (a checkpoint/artifact dir, a .gguf, or `URL#MODEL_ID` for a remote
     OpenAI-compatible endpoint), ordered cheapest first (unknown cost last, then by size)."""
     if not models:
@@ -266,7 +276,13 @@ def build_manifest(models: list[str], *, names: list[str] = (), costs: list[str]
         raise CompressError(f"--cost names unknown tier(s): {', '.join(sorted(unknown))}")
     tiers.sort(key=lambda t: (t.cost_per_1k_tokens is None, t.cost_per_1k_tokens or 0.0,
                               getattr(t, "size_bytes", None) or 0))
-    manifest = Manifest(currency=currency, tiers=tiers)
+    slo = {}
+    for cls, value in _split_pairs(list(slos), "--slo").items():
+        try:
+            slo[cls] = SLO(p95_s=float(value))
+        except ValueError:
+            raise CompressError(f"--slo {cls}={value}: expected a positive number of seconds") from None
+    manifest = validate(Manifest, {"currency": currency, "slo": slo, "tiers": tiers}, "--slo")
     _check(manifest, "manifest")
     return manifest
 

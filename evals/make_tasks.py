@@ -2,11 +2,17 @@
 
     python evals/make_tasks.py            # rewrites evals/*/test.jsonl (deterministic for one Python version)
 
-Two multiple-choice tasks, built offline from what every CPython installs:
+Two multiple-choice tasks, built offline from what every CPython installs, and one generative task
+for routing benchmarks:
 - `stdlib_docstring_mc`: the first paragraph of a standard-library function's docstring (its own name
   masked) → which of 4 functions of the same module it documents.
 - `pydoc_keyword_cloze`: a sentence from the Python reference (`pydoc_data.topics`) cut just before a
   quoted Python keyword → which of 4 keywords comes next.
+- `route_mixed` (no lm-eval YAML: `benchmarks/route_mixed.py` asks a server for each answer): easy
+  items (continue a sequence of weekdays, months, number words, numbers or letters: pattern copying
+  that small models manage) and hard items (a country's capital: recall that needs capacity), each
+  scored by exact match of the first word generated. `difficulty` is the item's label for reports;
+  a router never sees it. `split` is dev (fit/measure tiers) or test (the benchmark).
 
 The committed files were made with the Python named in each file's `meta.json`; another Python version
 writes slightly different docstrings, so regenerate only to refresh the tasks, not to compare numbers.
@@ -120,6 +126,43 @@ def keyword_examples(rng: random.Random, limit: int) -> list[dict]:
     return out
 
 
+_DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+_MONTHS = ("January February March April May June July August September October November December").split()
+_NUMBER_WORDS = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen".split()
+_CAPITALS = (  # widely known capitals (data for the task, not model output)
+    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"),
+    ("Egypt", "Cairo"), ("Russia", "Moscow"), ("China", "Beijing"), ("Canada", "Ottawa"), ("Greece", "Athens"),
+    ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Norway", "Oslo"), ("Poland", "Warsaw"),
+    ("Kenya", "Nairobi"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"),
+    ("Hungary", "Budapest"), ("Belgium", "Brussels"), ("Netherlands", "Amsterdam"), ("Thailand", "Bangkok"),
+    ("Peru", "Lima"), ("Cuba", "Havana"), ("Iran", "Tehran"), ("Iraq", "Baghdad"), ("Argentina", "Buenos"),
+    ("Mexico", "Mexico"), ("Chile", "Santiago"), ("Colombia", "Bogota"), ("Turkey", "Ankara"),
+    ("India", "New"), ("Indonesia", "Jakarta"), ("Philippines", "Manila"), ("Vietnam", "Hanoi"),
+    ("Ukraine", "Kyiv"), ("Romania", "Bucharest"), ("Czechia", "Prague"), ("Switzerland", "Bern"),
+    ("Australia", "Canberra"), ("Brazil", "Brasilia"), ("Nigeria", "Abuja"), ("Ethiopia", "Addis"),
+    ("Morocco", "Rabat"), ("Israel", "Jerusalem"), ("Lebanon", "Beirut"), ("Syria", "Damascus"),
+)
+
+
+def route_mixed_examples(rng: random.Random) -> list[dict]:
+    rows = []
+    for name, seq in (("days", _DAYS), ("months", _MONTHS), ("number words", _NUMBER_WORDS),
+                      ("numbers", [str(i) for i in range(1, 200)]), ("letters", [chr(c) for c in range(65, 91)])):
+        starts = list(range(len(seq) - 4))
+        rng.shuffle(starts)
+        for start in starts[:12]:
+            shown = rng.choice((3, 4))
+            rows.append({"prompt": ", ".join(seq[start:start + shown]) + ",", "answer": seq[start + shown],
+                         "difficulty": "easy", "kind": name})
+    for country, capital in _CAPITALS:
+        rows.append({"prompt": f"Question: What is the capital of {country}?\nAnswer: The capital of {country} is",
+                     "answer": capital, "difficulty": "hard", "kind": "capital"})
+    rng.shuffle(rows)
+    for i, row in enumerate(rows):
+        row["split"] = "dev" if i % 2 == 0 else "test"
+    return rows
+
+
 def write(task: str, rows: list[dict]) -> None:
     folder = HERE / task
     folder.mkdir(exist_ok=True)
@@ -135,6 +178,7 @@ def write(task: str, rows: list[dict]) -> None:
 def main() -> None:
     write("stdlib_docstring_mc", docstring_examples(random.Random(SEED), limit=300))
     write("pydoc_keyword_cloze", keyword_examples(random.Random(SEED), limit=300))
+    write("route_mixed", route_mixed_examples(random.Random(SEED)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,10 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **(env or {})}
+        # One torch thread: on a small shared CPU, intra-op threads spinning beside the engine and
+        # HTTP threads made a batched decode step ~100x slower (measured on the 2-core test machine).
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                    **(env or {})}
         self._logf = open(log, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "compress", "serve", str(manifest), "--host", "127.0.0.1",

@@ -76,6 +76,17 @@ def test_short_run_lowers_loss_and_artifact_is_a_model(tmp_path, tiny_model):
     assert read_meta(q.output).kind == "quantized"
 
 
+def test_frozen_embeddings_stay_the_teachers(tmp_path, tiny_model):
+    out = tmp_path / "frozen"
+    distill(_cfg(tiny_model, out, student_layers=1, max_steps=3, lr=3e-3, warmup_steps=1, freeze_embeddings=True))
+    student = models.load_causal_lm(str(out), device="cpu")
+    teacher = models.load_causal_lm(str(tiny_model), device="cpu")
+    assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+    assert torch.equal(student.get_output_embeddings().weight, teacher.get_output_embeddings().weight)
+    moved = student.model.layers[0].mlp.down_proj.weight - teacher.model.layers[-1].mlp.down_proj.weight
+    assert moved.abs().max() > 0  # the layers did train
+
+
 @pytest.mark.slow
 def test_distilled_student_beats_cross_entropy_only(tmp_path, trained_teacher):
     """Same student (random init, 2 layers), same data, same steps: soft targets from a trained teacher

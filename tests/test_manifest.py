@@ -54,7 +54,8 @@ def test_manual_cost_names_remote_and_round_trip(tmp_path, two_models):
     fast, slow = two_models
     m = build_manifest([str(fast), str(slow), "http://10.0.0.5:8000/v1#meta-llama/Llama-3.1-8B"],
                        names=[f"small={fast}", f"big=http://10.0.0.5:8000/v1#meta-llama/Llama-3.1-8B"],
-                       costs=["small=0.01", "big=0.5"], api_key_envs=["big=BIG_KEY"], price_per_gpu_hour=2.0)
+                       costs=["small=0.01", "big=0.5"], api_key_envs=["big=BIG_KEY"], price_per_gpu_hour=2.0,
+                       slos=["interactive=2", "batch=60"])
     assert [t.name for t in m.tiers] == ["slow", "small", "big"]
     big = m.tier("big")
     assert isinstance(big, RemoteTier) and big.url == "http://10.0.0.5:8000/v1"
@@ -62,6 +63,12 @@ def test_manual_cost_names_remote_and_round_trip(tmp_path, two_models):
     path = write_manifest(m, tmp_path / "tiers.yaml")
     loaded = load_manifest(path)
     assert loaded == m and isinstance(loaded.tiers[1], LocalTier)
+    assert {c: s.p95_s for c, s in loaded.slo.items()} == {"interactive": 2.0, "batch": 60.0}
+    for bad, expected in ((["chat=2"], "slo.chat"), (["interactive=-1"], "expected a positive number"),
+                          (["interactive=soon"], "expected a positive number")):
+        with pytest.raises(CompressError, match=expected) as e:
+            build_manifest([str(fast)], slos=bad)
+        assert "\n" not in str(e.value)
 
 
 def _write(tmp_path, raw) -> str:
@@ -79,6 +86,8 @@ def test_bad_manifests_are_one_line_errors(tmp_path, tiny_model):
         "artifact not found": {**good, "tiers": [{**good["tiers"][0], "path": str(tmp_path / "gone")}]},
         "duplicate tier name": {**good, "tiers": good["tiers"] * 2},
         "Extra inputs are not permitted": {**good, "tierz": []},
+        "slo.interactive.p95_s": {**good, "slo": {"interactive": {"p95_s": 0}}},
+        "slo.interactive.p50_s: Extra inputs": {**good, "slo": {"interactive": {"p95_s": 1, "p50_s": 1}}},
     }
     for expected, raw in cases.items():
         with pytest.raises(CompressError, match=expected) as e:

@@ -52,13 +52,13 @@ def test_quality_from_perplexity_and_unknown_quality():
 
 
 def test_cache_policy_from_cache_control():
-    assert policy(None, 60, deterministic=True, stream=False) == (True, True, 60, None)
-    assert policy("no-cache", 60, True, False)[:2] == (False, True)
-    assert policy("no-store", 60, True, False)[:2] == (False, False)
-    assert policy("max-age=5", 60, True, False) == (True, True, 5.0, 5.0)
-    assert policy("max-age=0", 60, True, False)[:2] == (True, False)  # only fresh-as-now entries; not stored
-    assert policy(None, 60, deterministic=False, stream=False)[:2] == (False, False)
-    assert policy(None, 60, deterministic=True, stream=True)[:2] == (False, False)
+    assert policy(None, 60, deterministic=True) == (True, True, 60, None)
+    assert policy("no-cache", 60, True)[:2] == (False, True)
+    assert policy("no-store", 60, True)[:2] == (False, False)
+    assert policy("max-age=5", 60, True) == (True, True, 5.0, 5.0)
+    assert policy("max-age=0", 60, True)[:2] == (True, False)  # only fresh-as-now entries; not stored
+    assert policy("No-Cache, max-age=7", 60, True) == (False, True, 7.0, 7.0)
+    assert policy(None, 60, deterministic=False)[:2] == (False, False)
 
 
 def test_cache_scoping_ttl_and_byte_bound():
@@ -96,10 +96,25 @@ def test_interactive_is_admitted_before_batch():
     assert [s.id for s in admitted] == ["b1"]  # first come first served within a class
 
 
+def test_batch_requests_leave_queue_room_for_interactive_ones():
+    from compress.serve.batcher import QueueFull
+
+    b = Batcher(max_batch=1, max_wait_s=0.0, max_queue=8)
+    p = SamplingParams(max_tokens=4)
+    for i in range(6):  # batch work may take 8 - 8 // 4 = 6 places
+        b.add(Sequence(f"b{i}", [1], p, 0.0, priority=1))
+    with pytest.raises(QueueFull):
+        b.add(Sequence("b6", [1], p, 0.0, priority=1))
+    b.add(Sequence("i0", [1], p, 0.0, priority=0))
+    b.add(Sequence("i1", [1], p, 0.0, priority=0))
+    with pytest.raises(QueueFull):  # the bound itself still holds
+        b.add(Sequence("i2", [1], p, 0.0, priority=0))
+
+
 def test_slo_controller_tightens_sheds_and_recovers():
     from compress.serve.slo import SLOConfig, SLOController, State
 
-    c = SLOController(SLOConfig(interactive_p95_s=2.0, window_s=10.0, min_samples=5))
+    c = SLOController(SLOConfig({"interactive": 2.0, "batch": 30.0}, window_s=10.0, min_samples=5))
     assert c.state(0.0) == State.OK and c.admit("batch", 0.0)
     for i in range(20):
         c.observe("interactive", 0.5, now=i * 0.1)
@@ -118,6 +133,10 @@ def test_slo_controller_tightens_sheds_and_recovers():
     for i in range(20):
         c.observe("interactive", 0.3, now=31.0 + i * 0.1)
     assert c.state(33.0) == State.OK
+    for i in range(10):  # slow batch work has its own state and never sheds interactive requests
+        c.observe("batch", 29.0, now=33.0 + i * 0.1)
+    assert c.state(34.0, "batch") == State.SHED and c.state(34.0) == State.OK and c.admit("interactive", 34.0)
+    assert SLOController(SLOConfig({"batch": 1.0})).state(0.0) == State.OK  # no interactive target: no action
 
 
 def test_budget_burn_rate_alert_fires_before_the_budget_is_spent():

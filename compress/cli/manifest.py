@@ -20,13 +20,14 @@ def manifest(
     cost: Annotated[Optional[list[str]], typer.Option("--cost", help="NAME=COST: cost per 1k tokens set by hand.")] = None,
     api_key_env: Annotated[Optional[list[str]], typer.Option("--api-key-env", help="NAME=ENVVAR: env var holding a remote tier's API key.")] = None,
     currency: Annotated[str, typer.Option(help="Currency of prices and costs.")] = "USD",
+    slo: Annotated[Optional[list[str]], typer.Option("--slo", help="CLASS=SECONDS: p95 end-to-end target for a traffic class (interactive, batch).")] = None,
 ) -> None:
     """Write a tier manifest: one tier per model, cheapest first, with its measured quality, speed and cost."""
     from compress.manifest import build_manifest, write_manifest
 
     m = build_manifest(models, names=name or [], costs=cost or [], api_key_envs=api_key_env or [],
                        price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour,
-                       currency=currency)
+                       currency=currency, slos=slo or [])
     write_manifest(m, output)
     for t in m.tiers:
         cost_s = "unknown" if t.cost_per_1k_tokens is None else f"{t.cost_per_1k_tokens:.6g} {m.currency}/1k tok"

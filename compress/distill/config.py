@@ -26,6 +26,9 @@ class DistillConfig(BaseModel):
     student: str | None = None
     student_layers: int | None = Field(default=None, ge=1)
     student_intermediate_size: int | None = Field(default=None, ge=1)
+    # Keep the student's input and output embeddings as initialised (the teacher's, for a derived
+    # student): fewer trained parameters, and only the decoder layers differ from the teacher's.
+    freeze_embeddings: bool = False
     data: list[str] = ["builtin"]
     heldout_fraction: float = Field(default=0.05, gt=0, lt=1)
     eval_tokens: int = Field(default=32_768, ge=1)  # held-out tokens scored per validation

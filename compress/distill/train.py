@@ -215,6 +215,9 @@ def _train(cfg: DistillConfig) -> DistillResult:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.config.use_cache = False
     student.train()
+    if cfg.freeze_embeddings:
+        student.get_input_embeddings().requires_grad_(False)
+        student.get_output_embeddings().requires_grad_(False)  # the same tensor when tied
     n_student, n_teacher = count_params(student), count_params(teacher)
 
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95),

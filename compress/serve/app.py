@@ -15,7 +15,7 @@ import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import httpx
 from fastapi import FastAPI, Request
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from compress.manifest import LocalTier, Manifest
 from compress.serve import cache as cache_mod
 from compress.serve import protocol as P
-from compress.serve.batcher import SamplingParams
+from compress.serve.batcher import CLASSES, SamplingParams
 from compress.serve.engine import AsyncEngine, load_engine
 from compress.serve.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from compress.serve.protocol import APIError
@@ -52,7 +52,7 @@ class ServeSettings:
     cache_max_bytes: int = 64 << 20
     cache_db: str | None = None  # a SQLite file shared by replicas; None: in-process cache
     route_floor: float = 0.8  # `auto`: the easiest requests accept tiers within this of the best quality
-    slo_interactive_p95_s: float | None = None  # None: no SLO controller
+    slo_p95_s: dict[str, float] = field(default_factory=dict)  # class -> p95 target; overrides the manifest's
     budget: BudgetConfig | None = None  # None: no budgets
     rate_limit_rpm: int | None = None  # requests per minute per API key; None: unlimited
     alert_webhook: str | None = None  # budget alerts are POSTed here as JSON
@@ -64,7 +64,10 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
     router = Router(manifest, floor=settings.route_floor)
     cache = (SqliteResponseCache(settings.cache_db, settings.cache_max_bytes) if settings.cache_db
              else ResponseCache(settings.cache_max_bytes))
-    slo = SLOController(SLOConfig(settings.slo_interactive_p95_s)) if settings.slo_interactive_p95_s else None
+    targets = {**{c: s.p95_s for c, s in manifest.slo.items()}, **settings.slo_p95_s}
+    slo = SLOController(SLOConfig(targets)) if targets else None  # None: no SLO controller
+    for cls_, target in targets.items():
+        metrics.slo_target.labels(cls_).set(target)
     state: dict[str, Any] = {"engines": dict(engines or {}), "remotes": {}}
 
     @asynccontextmanager
@@ -213,23 +216,26 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         floor = None
         if slo is not None:
             now = time.monotonic()
-            metrics.slo_state.set(int(slo.state(now)))
+            for c in CLASSES:
+                metrics.slo_state.labels(c).set(int(slo.state(now, c)))
+                p95 = slo.p95(c, now)
+                metrics.slo_p95.labels(c).set(float("nan") if p95 is None else p95)
             for eng in engines_():
                 eng.core.batcher.max_wait_s = settings.max_wait_ms / 1000 * slo.wait_scale(now)
-            if not slo.admit(cls, now):
-                metrics.shed.labels(cls).inc()
-                raise APIError(503, f"shedding {cls} load to keep interactive p95 under "
-                               f"{settings.slo_interactive_p95_s:g} s; retry later", type="server_error",
-                               code="slo_shed", headers={"Retry-After": "2"})
             floor = slo.route_floor(settings.route_floor, now)
         decision = router.route(req.model, prompt_text, _requested_tokens(req), floor=floor)
+        if slo is not None and not slo.admit(cls, now):
+            metrics.shed.labels(decision.tiers[0].name, cls).inc()
+            raise APIError(503, f"shedding {cls} load to keep interactive p95 under "
+                           f"{targets['interactive']:g} s; retry later", type="server_error",
+                           code="slo_shed", headers={"Retry-After": "2"})
         if decision.difficulty is not None:
             log.info("route %s: difficulty %.2f needs quality %s -> %s", req.model, decision.difficulty,
                      "any" if decision.required_quality is None else f"{decision.required_quality:.2f}",
                      ", ".join(t.name for t in decision.tiers))
         body = req.model_dump(exclude_unset=True)
         pol = cache_mod.policy(request.headers.get("cache-control"), settings.cache_ttl_s,
-                               deterministic=req.temperature == 0 and settings.cache_ttl_s > 0, stream=req.stream)
+                               deterministic=req.temperature == 0 and settings.cache_ttl_s > 0)
         scope = cache_mod.scope(req.user, auth_key,
                                 request.headers.get("x-compress-cache-scope", "").lower() == cache_mod.SHARED)
         for i, tier in enumerate(decision.tiers):
@@ -237,34 +243,42 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             key = cache_mod.cache_key(scope, tier.name, body) if (pol.read or pol.write) else None
             if pol.read:
                 hit = cache.get(key, pol.max_age_s)
-                metrics.cache.labels(tier.name, "hit" if hit else "miss").inc()
+                metrics.cache.labels(tier.name, cls, "hit" if hit else "miss").inc()
                 if hit is not None:
                     hit["model"] = req.model
                     metrics.requests.labels(tier.name, "200", cls).inc()
-                    return JSONResponse(hit, headers={**headers, "x-compress-cache": "hit", "x-compress-cost": "0"})
+                    headers = {**headers, "x-compress-cache": "hit", "x-compress-cost": "0"}
+                    if req.stream:  # the stored answer, replayed as server-sent events
+                        return StreamingResponse(_replay(hit, chat, _include_usage(req)), headers=headers,
+                                                 media_type="text/event-stream")
+                    return JSONResponse(hit, headers=headers)
             if pol.read or pol.write:
                 headers["x-compress-cache"] = "miss"
+
+            def store(answer: dict, key=key) -> None:
+                if pol.write and key is not None:
+                    cache.put(key, answer, pol.ttl_s)
+
             try:
                 if tier.name in state["remotes"]:
-                    status, resp, answer = await _proxy(state["remotes"][tier.name], req, chat, headers, cls)
+                    status, resp = await _proxy(state["remotes"][tier.name], req, chat, headers, cls, store)
                     if status in _RETRYABLE and i + 1 < len(decision.tiers):
                         raise APIError(status, "remote tier failed")
                 else:
-                    resp, answer = await _local(state["engines"][tier.name], tier, req, request, chat, headers, cls)
+                    resp = await _local(state["engines"][tier.name], tier, req, request, chat, headers, cls, store)
             except APIError as e:
                 if e.status in _RETRYABLE and i + 1 < len(decision.tiers):
-                    metrics.fallbacks.labels(tier.name, str(e.status)).inc()
+                    metrics.fallbacks.labels(tier.name, cls, str(e.status)).inc()
                     log.info("tier %s answered %d; falling back to %s", tier.name, e.status,
                              decision.tiers[i + 1].name)
                     continue
                 raise
-            if answer is not None and pol.write and key is not None:
-                cache.put(key, answer, pol.ttl_s)
             return resp
         raise AssertionError("unreachable: the last tier either answers or raises")
 
-    async def _local(engine: AsyncEngine, tier, req, request: Request, chat: bool, headers: dict, cls: str):
-        """(response, JSON answer to cache or None) from a local tier's engine."""
+    async def _local(engine: AsyncEngine, tier, req, request: Request, chat: bool, headers: dict, cls: str,
+                     store: Callable[[dict], None]):
+        """The response from a local tier's engine; a completed answer is handed to `store` (the cache)."""
         prompt_ids = _chat_ids(engine, req) if chat else _prompt_ids(engine, req)
         params = _params(engine, req, len(prompt_ids), chat)
         rid = P.new_id("chatcmpl" if chat else "cmpl")
@@ -272,21 +286,26 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         stream = engine.generate(rid, prompt_ids, params, priority=PRIORITY[cls])
         first = await _first_event(stream, tier.name, cls)  # queue full / model failure: still retryable
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            # A stream's cost is known only at its end: the exact cost goes into the final usage chunk
+            # (with stream_options.include_usage); the header is an upper bound (prompt + max_tokens).
+            bound = _cost(tier, P.usage(len(prompt_ids), params.max_tokens))
+            if bound is not None:
+                headers = {**headers, "x-compress-cost-max": f"{bound:.8f}"}
             return StreamingResponse(
-                _sse(first, stream, rid, req.model, chat, len(prompt_ids), include_usage, tier.name, start, cls),
-                media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}), None
+                _sse(first, stream, rid, req, chat, len(prompt_ids), tier, start, cls, store),
+                media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
         try:
             text, finish, n_out = await _collect(first, stream, request, tier.name, start, cls)
         except _ClientGone:
-            return Response(status_code=499), None  # nobody is listening; nginx's "client closed request"
+            return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
         use = P.usage(len(prompt_ids), n_out)
-        metrics.prompt_tokens.labels(tier.name).inc(len(prompt_ids))
+        metrics.prompt_tokens.labels(tier.name, cls).inc(len(prompt_ids))
         answer = (P.chat_body if chat else P.completion_body)(rid, req.model, text, finish, use)
         cost = charge(tier, cls, use)
         if cost is not None:
             headers = {**headers, "x-compress-cost": f"{cost:.8f}"}
-        return JSONResponse(answer, headers=headers), answer
+        store(answer)
+        return JSONResponse(answer, headers=headers)
 
     async def _first_event(stream, tier: str, cls: str):
         try:
@@ -332,56 +351,60 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
         finished(tier, cls, start)
         return "".join(parts), ev.seq.finish_reason, n_out
 
-    async def _sse(first, stream, rid, model, chat, n_prompt, include_usage, tier, start, cls) -> AsyncIterator[bytes]:
-        n_out, status = 0, "200"
+    async def _sse(first, stream, rid, req, chat, n_prompt, tier, start, cls, store) -> AsyncIterator[bytes]:
+        model, n_out, status, parts, done = req.model, 0, "200", [], None
 
         def chunk(delta_text: str, finish: str | None) -> bytes:
             if chat:
                 body = P.chat_chunk(rid, model, {"content": delta_text} if delta_text or not finish else {}, finish)
             else:
                 body = P.completion_chunk(rid, model, delta_text, finish)
-            return b"data: " + json.dumps(body).encode() + b"\n\n"
+            return _event(body)
 
         try:
             if chat:
-                yield b"data: " + json.dumps(P.chat_chunk(rid, model, {"role": "assistant", "content": ""},
-                                                           None)).encode() + b"\n\n"
+                yield _event(P.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None))
             ev = first
             while True:
                 n_out += ev.new_tokens
+                parts.append(ev.delta)
                 if ev.finished:
                     reason = ev.seq.finish_reason
                     if reason == "error":
                         status = "500"
-                        err = APIError(500, f"generation failed: {ev.seq.error}", type="server_error").body()
-                        yield b"data: " + json.dumps(err).encode() + b"\n\n"
+                        yield _event(APIError(500, f"generation failed: {ev.seq.error}", type="server_error").body())
                         break
                     if ev.delta:
                         yield chunk(ev.delta, None)
                     yield chunk("", reason)
+                    done = reason
                     break
                 if ev.delta:
                     yield chunk(ev.delta, None)
                 ev = await stream.__anext__()
-            if include_usage and status == "200":
+            if done is not None:
+                # Accounted as soon as the text is complete (a client leaving now got every token).
                 use = P.usage(n_prompt, n_out)
-                body = (P.chat_chunk if chat else P.completion_chunk)(rid, model, {} if chat else "", None, use,
-                                                                      choices=False)
-                yield b"data: " + json.dumps(body).encode() + b"\n\n"
+                metrics.prompt_tokens.labels(tier.name, cls).inc(n_prompt)
+                finished(tier.name, cls, start)
+                cost = charge(tier, cls, use)
+                store((P.chat_body if chat else P.completion_body)(rid, model, "".join(parts), done, use))
+                if _include_usage(req):
+                    yield _event((P.chat_chunk if chat else P.completion_chunk)(
+                        rid, model, {} if chat else "", None, {**use, "cost": cost}, choices=False))
             yield b"data: [DONE]\n\n"
         except (asyncio.CancelledError, GeneratorExit):
-            status = "499"  # client went away: the engine drops the sequence (stream.aclose below)
+            if done is None:
+                status = "499"  # client went away: the engine drops the sequence (stream.aclose below)
             raise
         finally:
             await stream.aclose()
-            metrics.requests.labels(tier, status, cls).inc()
-            if status == "200":
-                metrics.prompt_tokens.labels(tier).inc(n_prompt)
-                finished(tier, cls, start)
-                charge(manifest.tier(tier), cls, P.usage(n_prompt, n_out))
+            metrics.requests.labels(tier.name, status, cls).inc()
 
-    async def _proxy(remote: RemoteTier, req, chat: bool, headers: dict[str, str], cls: str):
-        """(status, response, JSON answer to cache or None) from a remote tier."""
+    async def _proxy(remote: RemoteTier, req, chat: bool, headers: dict[str, str], cls: str,
+                     store: Callable[[dict], None]):
+        """(status, response) from a remote tier; a successful non-streaming answer goes to `store`.
+        Streams are relayed as they come (not parsed: neither cached nor costed)."""
         path = "/chat/completions" if chat else "/completions"
         body = req.model_dump(exclude_unset=True)  # forward what the client sent, no defaults of ours
         for field_ in ("priority",):  # ours, not OpenAI's
@@ -392,27 +415,28 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             status, result = await remote.stream(path, body)
             metrics.requests.labels(name, str(status), cls).inc()
             if status != 200:
-                return status, JSONResponse(result, status_code=status, headers=headers), None
+                return status, JSONResponse(result, status_code=status, headers=headers)
 
             async def relay():
                 async for part in result:
                     yield part
                 finished(name, cls, start)
 
-            return status, StreamingResponse(relay(), media_type="text/event-stream", headers=headers), None
+            return status, StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
         status, data = await remote.request(path, body)
         metrics.requests.labels(name, str(status), cls).inc()
         if status != 200:
-            return status, JSONResponse(data, status_code=status, headers=headers), None
+            return status, JSONResponse(data, status_code=status, headers=headers)
         finished(name, cls, start)
         use = data.get("usage") or {}
-        metrics.prompt_tokens.labels(name).inc(use.get("prompt_tokens", 0) or 0)
-        metrics.generation_tokens.labels(name).inc(use.get("completion_tokens", 0) or 0)
+        metrics.prompt_tokens.labels(name, cls).inc(use.get("prompt_tokens", 0) or 0)
+        metrics.generation_tokens.labels(name, cls).inc(use.get("completion_tokens", 0) or 0)
         data["model"] = req.model
         cost = charge(remote.tier, cls, use)
         if cost is not None:
             headers = {**headers, "x-compress-cost": f"{cost:.8f}"}
-        return status, JSONResponse(data, headers=headers), data
+        store(data)
+        return status, JSONResponse(data, headers=headers)
 
     return app
 
@@ -424,8 +448,38 @@ class _ClientGone(Exception):
     pass
 
 
+def _event(body: dict) -> bytes:
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _include_usage(req) -> bool:
+    return bool(req.stream_options and req.stream_options.include_usage)
+
+
+async def _replay(answer: dict, chat: bool, include_usage: bool) -> AsyncIterator[bytes]:
+    """A cached (non-streaming) answer as the events a live stream would have sent: role, the whole
+    text in one chunk, the finish reason, usage (cost 0: a hit costs nothing) when asked, [DONE]."""
+    rid, model, choice = answer["id"], answer["model"], answer["choices"][0]
+    finish, use = choice["finish_reason"], answer.get("usage")
+    if chat:
+        text = choice["message"]["content"]
+        yield _event(P.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None))
+        if text:
+            yield _event(P.chat_chunk(rid, model, {"content": text}, None))
+        yield _event(P.chat_chunk(rid, model, {}, finish))
+    else:
+        text = choice["text"]
+        if text:
+            yield _event(P.completion_chunk(rid, model, text, None))
+        yield _event(P.completion_chunk(rid, model, "", finish))
+    if include_usage and use:
+        yield _event((P.chat_chunk if chat else P.completion_chunk)(rid, model, {} if chat else "", None,
+                                                                    {**use, "cost": 0.0}, choices=False))
+    yield b"data: [DONE]\n\n"
+
+
 _RETRYABLE = {429, 500, 502, 503}
-PRIORITY = {"interactive": 0, "batch": 1}
+PRIORITY = {c: i for i, c in enumerate(CLASSES)}
 
 
 def _priority_class(req, request: Request) -> str:

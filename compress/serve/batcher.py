@@ -8,7 +8,9 @@ Admission rule. While a batch is running, waiting requests join it at the next s
 waits for company until `max_batch` requests are waiting or it has waited `max_wait_s`, whichever
 comes first: that bound is what `--max-wait-ms` sets. Free slots go to interactive requests before
 batch ones (priority classes), first come first served within a class. The waiting queue holds at most `max_queue`
-requests; past that, `add` raises QueueFull (the server answers 429).
+requests; past that, `add` raises QueueFull (the server answers 429). Batch requests may fill only
+`max_queue - max_queue // 4` of it: the last quarter is kept for interactive requests, so a batch
+flood never makes an interactive request wait for queue space.
 
 One step = schedule (aborts out, admissions in) -> one joint decode step for the sequences already
 running, then prefill each admitted sequence alone (its first token; it joins the batch) -> update (append, detokenize,
@@ -22,6 +24,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
+
+
+CLASSES = ("interactive", "batch")  # traffic classes; a sequence's priority is its index (lower goes first)
 
 
 class QueueFull(Exception):
@@ -44,7 +49,7 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     arrival: float
-    priority: int = 0  # 0 = interactive, 1 = batch: lower is admitted first
+    priority: int = 0  # index into CLASSES: 0 = interactive, 1 = batch; lower is admitted first
     output_ids: list[int] = field(default_factory=list)
     text: str = ""  # output text that may be shown (stop strings cut off)
     emitted: int = 0  # characters of `text` already handed out
@@ -56,6 +61,10 @@ class Sequence:
     last_token_at: float | None = None
     slot: Any = None  # the runner's per-sequence state (sampling generator, ...)
     sink: Any = None  # the front end's per-request queue
+
+    @property
+    def cls(self) -> str:
+        return CLASSES[self.priority]
 
 
 @dataclass
@@ -85,13 +94,15 @@ class Batcher:
         if max_batch < 1 or max_queue < 0 or max_wait_s < 0:
             raise ValueError("max_batch >= 1, max_queue >= 0, max_wait_s >= 0")
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
+        self.interactive_reserve = max_queue // 4  # queue places batch requests may not take
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._lock = threading.Lock()
 
     def add(self, seq: Sequence) -> None:
+        limit = self.max_queue - (self.interactive_reserve if seq.priority > 0 else 0)
         with self._lock:
-            if len(self.waiting) >= self.max_queue:
+            if len(self.waiting) >= limit:
                 raise QueueFull()
             self.waiting.append(seq)
 

@@ -8,7 +8,8 @@ gets the shared scope only by asking (`x-compress-cache-scope: shared`).
 Only deterministic requests (temperature 0) are cached. Freshness: a default TTL per server, and
 per request `cache-control: max-age=N` (store for N seconds; on lookup, accept only entries younger
 than N), `no-cache` (skip the lookup, still store the fresh answer), `no-store` (neither read nor
-write). Streaming requests are neither looked up nor stored.
+write). Streaming and non-streaming requests share entries (the stored answer is the completed,
+non-streaming body; a streaming hit is replayed as server-sent events by app.py).
 
 Backends: `ResponseCache` (in-process, the default) and `SqliteResponseCache` (a file that several
 replicas share).
@@ -33,8 +34,8 @@ class Policy(NamedTuple):
     max_age_s: float | None  # lookup accepts only entries at most this old
 
 
-def policy(cache_control: str | None, default_ttl_s: float, deterministic: bool, stream: bool) -> Policy:
-    if not deterministic or stream:
+def policy(cache_control: str | None, default_ttl_s: float, deterministic: bool) -> Policy:
+    if not deterministic:
         return Policy(False, False, 0.0, None)
     read = write = True
     ttl, max_age = default_ttl_s, None

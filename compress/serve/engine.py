@@ -108,13 +108,13 @@ class AsyncEngine:
             s = ev.seq
             if not ev.new_tokens:
                 continue
-            m.generation_tokens.labels(t).inc(ev.new_tokens)
+            m.generation_tokens.labels(t, s.cls).inc(ev.new_tokens)
             if len(s.output_ids) == 1 and s.first_token_at is not None:
-                m.ttft.labels(t).observe(s.first_token_at - s.arrival)
+                m.ttft.labels(t, s.cls).observe(s.first_token_at - s.arrival)
                 if s.admitted_at is not None:
-                    m.queue_time.labels(t).observe(s.admitted_at - s.arrival)
+                    m.queue_time.labels(t, s.cls).observe(s.admitted_at - s.arrival)
             elif s.last_token_at is not None:
-                m.itl.labels(t).observe(now - s.last_token_at)
+                m.itl.labels(t, s.cls).observe(now - s.last_token_at)
             s.last_token_at = now
 
 

@@ -1,5 +1,8 @@
-"""Prometheus metrics for `compress serve` (prefix `compress_`, base units, `tier` label; never
-user ids as labels). One registry per app, so several apps in one process do not collide."""
+"""Prometheus metrics for `compress serve` (prefix `compress_`, base units; never user ids as labels).
+
+Every per-request metric carries `tier` and `class` (the traffic class: interactive or batch);
+engine gauges (queue depth, running, batch size) carry `tier` only, as they describe the engine.
+One registry per app, so several apps in one process do not collide."""
 
 from __future__ import annotations
 
@@ -19,25 +22,29 @@ class ServeMetrics:
         self.e2e = Histogram("compress_e2e_request_latency_seconds", "End-to-end request latency.",
                              ["tier", "class"], buckets=_LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("compress_time_to_first_token_seconds", "Time to first token.",
-                              ["tier"], buckets=_LATENCY_BUCKETS, registry=r)
+                              ["tier", "class"], buckets=_LATENCY_BUCKETS, registry=r)
         self.itl = Histogram("compress_inter_token_latency_seconds", "Time between output tokens.",
-                             ["tier"], buckets=_ITL_BUCKETS, registry=r)
+                             ["tier", "class"], buckets=_ITL_BUCKETS, registry=r)
         self.queue_time = Histogram("compress_queue_time_seconds", "Time from arrival to admission into a batch.",
-                                    ["tier"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("compress_prompt_tokens", "Prompt tokens processed.", ["tier"], registry=r)
-        self.generation_tokens = Counter("compress_generation_tokens", "Tokens generated.", ["tier"], registry=r)
+                                    ["tier", "class"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("compress_prompt_tokens", "Prompt tokens processed.", ["tier", "class"], registry=r)
+        self.generation_tokens = Counter("compress_generation_tokens", "Tokens generated.", ["tier", "class"], registry=r)
         self.queue_depth = Gauge("compress_queue_depth", "Requests waiting for a batch slot.", ["tier"], registry=r)
         self.running = Gauge("compress_running_requests", "Requests in the running batch.", ["tier"], registry=r)
         self.cache = Counter("compress_cache_lookups", "Response cache lookups, by result (hit/miss).",
-                             ["tier", "result"], registry=r)
+                             ["tier", "class", "result"], registry=r)
         self.fallbacks = Counter("compress_fallbacks", "Requests passed on to the next tier, by the failing "
-                                 "tier and its status.", ["tier", "status"], registry=r)
+                                 "tier and its status.", ["tier", "class", "status"], registry=r)
         self.cost = Counter("compress_cost", "Cost of answered requests in the manifest's currency.",
                             ["tier", "class"], registry=r)
-        self.shed = Counter("compress_shed_requests", "Requests refused by the SLO controller.", ["class"],
-                            registry=r)
-        self.slo_state = Gauge("compress_slo_state", "SLO controller state: 0 ok, 1 tight, 2 shedding batch, "
-                               "3 shedding all.", registry=r)
+        self.shed = Counter("compress_shed_requests", "Requests refused by the SLO controller, by the "
+                            "tier they were routed to.", ["tier", "class"], registry=r)
+        self.slo_state = Gauge("compress_slo_state", "SLO state per class (interactive drives the controller): "
+                               "0 ok, 1 tight, 2 shedding batch, 3 shedding all.", ["class"], registry=r)
+        self.slo_p95 = Gauge("compress_slo_p95_seconds", "Rolling p95 end-to-end latency the SLO controller sees "
+                             "(NaN: too few recent samples).", ["class"], registry=r)
+        self.slo_target = Gauge("compress_slo_target_seconds", "p95 end-to-end latency target.", ["class"],
+                                registry=r)
         self.budget_alerts = Counter("compress_budget_alerts", "Budget alerts, by kind (burn, exhausted, spike).",
                                      ["kind"], registry=r)
         self.batch_size = Histogram("compress_batch_size", "Sequences per joint decode step.", ["tier"],

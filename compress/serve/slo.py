@@ -1,16 +1,21 @@
 """SLO controller: keeps interactive end-to-end latency under its target by acting before it breaks.
 
-It tracks the rolling p95 of end-to-end latency per traffic class over the last `window_s` seconds
-and compares the interactive p95 with the target:
+Targets are end-to-end p95 latencies per traffic class (`targets`, e.g. {"interactive": 2.0,
+"batch": 60.0}: from the manifest's `slo`, overridden by `compress serve` flags). It tracks the
+rolling p95 of each class over the last `window_s` seconds and, for each class with a target, a
+state from p95 / target:
 
-  ratio < tight_at          OK     normal batching waits and routing
+  ratio < tight_at            OK     normal batching waits and routing
   tight_at <= ratio < shed_at TIGHT  no batching wait (requests start at once), `auto` routes with a
-                                    lower quality floor (smaller, faster tiers)
-  ratio >= shed_at          SHED   also refuses new batch-class requests (503 + Retry-After)
-  ratio >= 1                BREACH also refuses new interactive requests until p95 comes back
+                                     lower quality floor (smaller, faster tiers)
+  ratio >= shed_at            SHED   also refuses new batch-class requests (503 + Retry-After)
+  ratio >= 1                  BREACH also refuses new interactive requests until p95 comes back
 
-Recovery is automatic: as latencies of new completions fall, so does the rolling p95 (and with no
-recent samples the state is OK). Pure logic with an injectable clock; app.py wires it in.
+The interactive state drives the actions (interactive is the protected class; batch work only fills
+idle capacity). A batch target is tracked and reported (its state is a metric) but never sheds
+interactive work. Recovery is automatic: as latencies of new completions fall, so does the rolling
+p95 (and with no recent samples the state is OK). Pure logic with an injectable clock; app.py wires
+it in.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 
@@ -31,7 +36,7 @@ class State(IntEnum):
 
 @dataclass(frozen=True)
 class SLOConfig:
-    interactive_p95_s: float = 2.0
+    targets: dict[str, float] = field(default_factory=lambda: {"interactive": 2.0})  # class -> p95 target (s)
     window_s: float = 30.0
     tight_at: float = 0.6
     shed_at: float = 0.85
@@ -61,11 +66,13 @@ class SLOController:
             xs = sorted(lat for _, lat in q)
         return xs[min(len(xs) - 1, math.ceil(0.95 * len(xs)) - 1)]
 
-    def state(self, now: float) -> State:
-        p = self.p95("interactive", now)
+    def state(self, now: float, cls: str = "interactive") -> State:
+        """The state of `cls` (OK when it has no target or too few recent samples)."""
+        target = self.config.targets.get(cls)
+        p = self.p95(cls, now) if target else None
         if p is None:
             return State.OK
-        ratio = p / self.config.interactive_p95_s
+        ratio = p / target
         if ratio >= 1.0:
             return State.BREACH
         if ratio >= self.config.shed_at:
