@@ -104,10 +104,8 @@ def run(args) -> None:
     res: dict = {"mode": args.mode, "teacher": args.teacher, "student_layers": args.student_layers,
                  "wiki_subset": f"first {args.wiki_tokens} tokens of wiki.test.tokens, 1024-token windows, no overlap"}
     res["teacher_wiki_ppl"] = ppl(teacher)
-    student0 = derive_student(teacher, args.student_layers, None).to(dev, dtype).eval()
-    res["initial_student_wiki_ppl"] = ppl(student0)
-    res["teacher_params"], res["student_params"] = count_params(teacher), count_params(student0)
-    del student0, teacher
+    res["teacher_params"] = count_params(teacher)
+    teacher.cpu()
     if dev == "cuda":
         torch.cuda.empty_cache()
     res["setup_s"] = round(time.time() - t0, 1)
@@ -119,10 +117,16 @@ def run(args) -> None:
         max_steps=None, max_time=args.max_time, seq_len=args.seq_len, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, eval_tokens=args.eval_tokens,
         eval_every=0, save_every=0, seed=0, overwrite=True, device=dev, progress=True,
-        num_processes=args.num_processes,
+        num_processes=args.num_processes, layer_selection=args.layer_selection,
     )
     result = distill(cfg)
     m = result.metrics
+    # the untrained student: the same layers the run kept (greedy: chosen on the training text)
+    student0 = derive_student(teacher, args.student_layers, None, keep=m["kept_layers"]).to(dev, dtype).eval()
+    res["kept_layers"], res["layer_selection"] = m["kept_layers"], args.layer_selection
+    res["initial_student_wiki_ppl"] = ppl(student0)
+    res["student_params"] = count_params(student0)
+    del student0, teacher
     res["distill"] = {k: v for k, v in m.items() if k not in {"loss_curve", "history"}}
     res["loss_curve"] = m["loss_curve"]
     res["corpus_heldout"] = {"teacher_ppl": m["teacher_ppl"], "initial_student_ppl": m["initial_student_ppl"],
@@ -190,6 +194,7 @@ def main() -> None:
     pr.add_argument("--out", required=True)
     pr.add_argument("--work", default="/tmp/distill-bench")
     pr.add_argument("--student-layers", type=int, default=15)
+    pr.add_argument("--layer-selection", choices=("greedy", "even"), default="greedy")
     pr.add_argument("--max-time", type=float, default=300.0, help="training seconds")
     pr.add_argument("--seq-len", type=int, default=1024)
     pr.add_argument("--batch-size", type=int, default=8)

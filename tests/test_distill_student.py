@@ -9,7 +9,7 @@ import torch
 
 from compress import models
 from compress.distill.student import (check_not_larger, count_params, derive_student, kept_layers,
-                                      load_student)
+                                      load_student, select_layers_greedy)
 from compress.errors import CompressError
 
 
@@ -49,6 +49,35 @@ def test_derived_student_copies_kept_layers(teacher4):
         student.eval()(x)  # the kept layers re-index their KV-cache slots (layer_idx) consistently
         out = student.generate(x, max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 19)
+
+
+def test_greedy_layer_selection_drops_the_least_harmful_layers(teacher4):
+    """Each round drops the layer whose removal costs least on the calibration blocks: after one round the
+    kept set is the best of all single drops (evenly spaced included); the teacher comes back untouched."""
+    _, teacher = teacher4
+    blocks = torch.randint(3, 500, (2, 32), generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    n_layers = len(teacher.model.layers)
+
+    def loss_of(keep):
+        student = derive_student(teacher, None, None, keep=keep).eval()
+        with torch.no_grad():
+            return sum(student(input_ids=b[None], labels=b[None]).loss.item() for b in blocks) / len(blocks)
+
+    keep3 = select_layers_greedy(teacher, 3, blocks)
+    single_drops = [[j for j in range(4) if j != i] for i in range(4)]
+    assert len(keep3) == 3 and loss_of(keep3) == pytest.approx(min(loss_of(k) for k in single_drops))
+    assert loss_of(keep3) <= loss_of(kept_layers(4, 3)) + 1e-6
+    keep2 = select_layers_greedy(teacher, 2, blocks)
+    assert len(keep2) == 2 and set(keep2) <= set(keep3)  # greedy: each round removes from the last
+    assert len(teacher.model.layers) == n_layers and teacher.config.num_hidden_layers == n_layers
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    student = derive_student(teacher, 2, None, keep=keep2)
+    for new, old in enumerate(sorted(keep2)):
+        assert torch.equal(student.state_dict()[f"model.layers.{new}.mlp.down_proj.weight"],
+                           teacher.state_dict()[f"model.layers.{old}.mlp.down_proj.weight"])
+    with pytest.raises(CompressError, match="more than the teacher"):
+        select_layers_greedy(teacher, 5, blocks)
 
 
 def test_narrower_mlp_keeps_largest_channels(teacher4):

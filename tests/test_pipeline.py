@@ -20,7 +20,7 @@ def _recipe(tmp_path, model, gates, name="r.yaml"):
         "tiers": [{"name": "source"},
                   {"name": "rtn", "quantize": {"method": "rtn", "bits": 4, "group_size": 32}}],
         "eval": {"perplexity": ["builtin"], "context_len": 64, "max_tokens": 192},
-        "bench": {"batch_sizes": [1], "prompt_len": 8, "gen_len": 4, "repeats": 1, "warmup": 0, "compile": "off"},
+        "bench": {"batch_sizes": [1], "prompt_len": 8, "gen_len": 4, "repeats": 1, "warmup": 0, "decoder": "generate"},
         "gates": gates, "price_per_hour": 0.1,
     }
     path = tmp_path / name

@@ -21,7 +21,8 @@ class Loss(str, Enum):
 def distill(
     teacher: Annotated[str, typer.Argument(help="Teacher: checkpoint directory, hub id, .gguf file, or artifact.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Artifact directory to create.")],
-    student_layers: Annotated[Optional[int], typer.Option(help="Derive the student: keep N evenly spaced teacher layers (first and last kept).")] = None,
+    student_layers: Annotated[Optional[int], typer.Option(help="Derive the student: keep N of the teacher's layers (see --layer-selection).")] = None,
+    layer_selection: Annotated[str, typer.Option(help="Derived student's layers: greedy (drop the least harmful layer, repeatedly, on training text) | even.")] = "greedy",
     student_intermediate_size: Annotated[Optional[int], typer.Option(help="Derived student: narrower MLP (keeps the largest-norm channels).")] = None,
     freeze_embeddings: Annotated[bool, typer.Option(help="Do not train the student's input/output embeddings (keep the teacher's).")] = False,
     student: Annotated[Optional[str], typer.Option(help="Student model or config-only directory sharing the teacher's tokenizer.")] = None,
@@ -56,7 +57,7 @@ def distill(
         max_steps = 1000
     cfg = make_config(
         teacher=teacher, output=str(output), student=student, student_layers=student_layers,
-        student_intermediate_size=student_intermediate_size, freeze_embeddings=freeze_embeddings, data=data or ["builtin"], loss=loss.value, beta=beta,
+        student_intermediate_size=student_intermediate_size, layer_selection=layer_selection, freeze_embeddings=freeze_embeddings, data=data or ["builtin"], loss=loss.value, beta=beta,
         temperature=temperature, ce_weight=ce_weight, top_k=top_k, max_time=max_time, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_tokens=eval_tokens,
         save_every=save_every, grad_checkpointing=grad_checkpointing, num_processes=num_processes, resume=resume,

@@ -21,11 +21,15 @@ class DistillConfig(BaseModel):
 
     teacher: str
     output: str
-    # Student: either derived from the teacher (keep `student_layers` evenly spaced layers, first and
-    # last included, optionally a narrower MLP) or any model/config directory sharing the tokenizer.
+    # Student: either derived from the teacher (keep `student_layers` of its layers, optionally a narrower
+    # MLP) or any model/config directory sharing the tokenizer.
     student: str | None = None
     student_layers: int | None = Field(default=None, ge=1)
     student_intermediate_size: int | None = Field(default=None, ge=1)
+    # Which teacher layers a derived student keeps (compress.distill.student): greedy = drop the layer that
+    # hurts the teacher's loss least on `layer_select_tokens` of training text, repeatedly; even = spaced.
+    layer_selection: Literal["greedy", "even"] = "greedy"
+    layer_select_tokens: int = Field(default=2048, ge=8)
     # Keep the student's input and output embeddings as initialised (the teacher's, for a derived
     # student): fewer trained parameters, and only the decoder layers differ from the teacher's.
     freeze_embeddings: bool = False

@@ -34,7 +34,8 @@ from compress.artifacts import ArtifactMeta, SourceInfo, atomic_dir, check_outpu
 from compress.distill.config import NOT_HASHED, DistillConfig
 from compress.distill.losses import distill_loss
 from compress.distill.packing import DistillData, batch_indices, load_data
-from compress.distill.student import check_not_larger, count_params, derive_student, load_student
+from compress.distill.student import (check_not_larger, count_params, derive_student, kept_layers, load_student,
+                                      select_layers_greedy)
 from compress.errors import CompressError
 
 CKPT_PREFIX = "step-"
@@ -152,18 +153,30 @@ def lr_factor(step: int, cfg: DistillConfig, elapsed: float = 0.0) -> float:
 
 # ---------------------------------------------------------------------------------------- models
 
-def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype):
+def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype, progress: bool):
+    """(teacher ref, tokenizer, teacher on device, student on device, training data, kept layers or None)."""
     teacher_ref = models.resolve(cfg.teacher)
     tokenizer = models.load_tokenizer(teacher_ref)
+    data = load_data(cfg.data, tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.eval_tokens)
     teacher = models.load_causal_lm(teacher_ref, device="cpu", dtype=torch.float32)
+    keep = None
     if cfg.student is not None:
         student = load_student(cfg.student, teacher, tokenizer, cfg.seed)
     else:
-        student = derive_student(teacher, cfg.student_layers, cfg.student_intermediate_size)
+        cpu_state = dict(teacher.state_dict())  # fp32 weights the student is cut from (kept past the move below)
+        teacher = teacher.to(device=device, dtype=dtype)
+        n = teacher.config.num_hidden_layers
+        if cfg.layer_selection == "greedy" and cfg.student_layers is not None and cfg.student_layers < n:
+            n_blocks = max(1, min(len(data.train), -(-cfg.layer_select_tokens // cfg.seq_len)))
+            blocks = data.train[:n_blocks].to(device)  # training text only: the held-out split stays unseen
+            keep = select_layers_greedy(teacher, cfg.student_layers, blocks, progress)
+        student = derive_student(teacher, cfg.student_layers, cfg.student_intermediate_size, keep=keep, state=cpu_state)
+        del cpu_state
+        keep = keep if keep is not None else kept_layers(n, cfg.student_layers or n)
     check_not_larger(student, teacher)
     teacher = teacher.to(device=device, dtype=dtype).eval()
     teacher.requires_grad_(False)
-    return teacher_ref, tokenizer, teacher, student.to(device)
+    return teacher_ref, tokenizer, teacher, student.to(device), data, keep
 
 
 @torch.no_grad()
@@ -209,8 +222,7 @@ def _train(cfg: DistillConfig) -> DistillResult:
     torch.manual_seed(cfg.seed)
 
     with acc.main_process_first():  # a GGUF teacher is converted (and cached) once
-        teacher_ref, tokenizer, teacher, student = _load_models(cfg, acc.device, dtype)
-    data = load_data(cfg.data, tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.eval_tokens)
+        teacher_ref, tokenizer, teacher, student, data, kept = _load_models(cfg, acc.device, dtype, main and cfg.progress)
     if cfg.grad_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.config.use_cache = False
@@ -320,7 +332,7 @@ def _train(cfg: DistillConfig) -> DistillResult:
         "student_ppl": final["student_ppl"], "ppl_ratio": final["student_ppl"] / teacher_ppl,
         "initial_heldout_kd": state["initial"]["heldout_kd"], "heldout_kd": final["heldout_kd"],
         "heldout_tokens": final["heldout_tokens"], "train_tokens_available": data.train_tokens,
-        "student_params": n_student, "teacher_params": n_teacher,
+        "student_params": n_student, "teacher_params": n_teacher, "kept_layers": kept,
         "num_processes": acc.num_processes, "device": str(acc.device),
         "history": state["history"], "loss_curve": state["loss_curve"],
     }
