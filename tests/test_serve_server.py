@@ -252,7 +252,7 @@ def test_client_disconnect_mid_stream_frees_the_slot(server):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}", **NO_STORE},
                    json={"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 900, "temperature": 0},
-                   timeout=httpx.Timeout(60, read=1.5))
+                   timeout=httpx.Timeout(60, read=0.3))  # gone long before 900 tokens, even at 1 thread
     deadline = time.monotonic() + 20
     while running() != 0 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -475,11 +475,13 @@ def test_budget_burn_alert_webhook_and_hard_key_limit(tiers, tmp_path):
 def test_interactive_requests_overtake_queued_batch_work(tiers, tmp_path):
     s = Server(tiers, "--max-batch", "1", "--max-queue", "16", "--max-wait-ms", "0", log=tmp_path / "prio.log")
     try:
-        body = {"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}
+        body = {"model": "tiny-a", "prompt": "Once upon a time", "temperature": 0}
         done: list[str] = []
 
         def send(name: str, priority: str):
-            r = _post(s, "/v1/completions", {**body, "priority": priority}, key=None, headers=NO_STORE)
+            # Batch requests long enough that the running one is still running when the interactive one arrives.
+            n = 300 if priority == "batch" else 40
+            r = _post(s, "/v1/completions", {**body, "max_tokens": n, "priority": priority}, key=None, headers=NO_STORE)
             assert r.status_code == 200 and r.headers["x-compress-class"] == priority
             done.append(name)
 
@@ -497,14 +499,14 @@ def test_interactive_requests_overtake_queued_batch_work(tiers, tmp_path):
         text = httpx.get(s.url + "/metrics").text
         assert metric(text, "compress_requests_total", tier="tiny-a", status="200", **{"class": "batch"}) == 4
         # Every per-request metric carries tier and class.
-        for cls, n in (("batch", 4), ("interactive", 1)):
+        for cls, n, tokens in (("batch", 4, 300), ("interactive", 1, 40)):
             lab = {"tier": "tiny-a", "class": cls}
-            assert metric(text, "compress_generation_tokens_total", **lab) == 40 * n
+            assert metric(text, "compress_generation_tokens_total", **lab) == tokens * n
             assert metric(text, "compress_prompt_tokens_total", **lab) > 0
             for hist in ("compress_time_to_first_token_seconds", "compress_queue_time_seconds",
                          "compress_e2e_request_latency_seconds"):
                 assert metric(text, hist + "_count", **lab) == n, hist
-            assert metric(text, "compress_inter_token_latency_seconds_count", **lab) == 39 * n
+            assert metric(text, "compress_inter_token_latency_seconds_count", **lab) == (tokens - 1) * n
     finally:
         assert s.stop() == 0
 
