@@ -55,10 +55,16 @@ def collect(eval_files: list, bench_files: list) -> dict[str, dict]:
         e["metrics"].update(r.metrics)
         e["hib"].update(r.higher_is_better)
         e["recovery"].update(r.recovery)
+    benched: set[str] = set()
     for f in bench_files:
         b = load_bench(f)
         for m in b["models"]:
-            e = entry(m["path"], m["spec"])
+            key = m["path"]
+            if key in benched:  # the same model in another bench run (e.g. another decoder): its own row
+                key = f"{m['path']}#{Path(f).stem}"
+                entry(key, m["spec"])["label"] = f"{_label(m['spec'], m['path'])} [{Path(f).stem}]"
+            benched.add(key)
+            e = entry(key, m["spec"])
             e["method"] = e["method"] or m.get("method")
             e["size_bytes"] = m.get("size_bytes") or e["size_bytes"]
             e["decode_path"] = m["decode_path"]

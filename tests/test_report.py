@@ -41,6 +41,10 @@ def test_report_renders_plots_and_table(results, tiny_model):
     for label in (tiny_model.name, other.name):
         assert f"<td>{label}</td>" in page
     assert "ppl:builtin" in page and "recovery ppl:builtin" in page and "tok/s b2" in page
+    # The same model in two bench runs keeps a row per run, labelled by the file, rather than one overwriting the other.
+    (tmp / "again.json").write_text(bench_file.read_text())
+    page = write_report(tmp / "r2.html", evals, [bench_file, tmp / "again.json"]).read_text()
+    assert f"<td>{tiny_model.name}</td>" in page and f"<td>{tiny_model.name} [again]</td>" in page
 
 
 def test_report_cli_and_bad_inputs(results, tmp_path, capsys):
