@@ -1,4 +1,4 @@
-"""Reading the project's versioned files (eval/bench results, manifests, artifact metadata) the same way:
+"""Reading the project's versioned files (eval/bench results, manifests, recipes, artifact metadata) the same way:
 existence, parse, `kind`, `schema_version`, then pydantic validation — each failure one CompressError line."""
 
 from __future__ import annotations
@@ -24,6 +24,22 @@ def check_version(raw: dict, path: Path, version: int) -> None:
     found = raw.get("schema_version")
     if found != version:
         raise CompressError(f"{path}: unknown schema_version {found!r} (this compress reads {version})")
+
+
+def read_yaml_mapping(path: str | Path, what: str, not_mapping: str) -> dict:
+    """A YAML file whose top level is a mapping (recipes, manifests); `not_mapping` says what it should hold."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(f"{what} not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CompressError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(raw, dict):
+        raise CompressError(f"{path}: {not_mapping}")
+    return raw
 
 
 def read_versioned_json(path: str | Path, kind: str, what: str, version: int) -> dict:

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from compress.errors import CompressError
-from compress.formats import check_version, validate
+from compress.formats import check_version, read_yaml_mapping, validate
 
 SCHEMA_VERSION = 1
 EVAL_FILE = "eval.json"
@@ -312,14 +312,7 @@ def write_manifest(m: Manifest, path: str | Path) -> Path:
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest; every problem is one CompressError line."""
     path = Path(path)
-    if not path.is_file():
-        raise CompressError(f"manifest not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CompressError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
-    if not isinstance(raw, dict):
-        raise CompressError(f"{path}: expected a mapping with schema_version and tiers")
+    raw = read_yaml_mapping(path, "manifest", "expected a mapping with schema_version and tiers")
     check_version(raw, path, SCHEMA_VERSION)
     m = validate(Manifest, raw, path)
     _check(m, str(path))

@@ -22,11 +22,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compress.bench.run import BenchConfig
 from compress.errors import CompressError
+from compress.formats import read_yaml_mapping
 from compress.evaluate.run import EvalConfig
 from compress.quantize.config import QuantizeConfig
 
@@ -122,14 +122,7 @@ class Recipe(_Strict):
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    if not path.is_file():
-        raise CompressError(f"recipe not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CompressError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from e
-    if not isinstance(raw, dict):
-        raise CompressError(f"{path}: a recipe is a YAML mapping")
+    raw = read_yaml_mapping(path, "recipe", "a recipe is a YAML mapping")
     if "model" not in raw:
         raise CompressError(f"{path}: missing required key 'model'")
     try:
