@@ -66,6 +66,21 @@ def cache_key(scope_: str, tier: str, request: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _admit(body: dict, ttl_s: float, max_bytes: int) -> bytes | None:
+    """The stored form of `body`, or None when it must not be stored (no lifetime, or larger than the cache)."""
+    blob = json.dumps(body, separators=(",", ":")).encode()
+    return None if ttl_s <= 0 or len(blob) > max_bytes else blob
+
+
+def _freshness(stored: float, expires: float, now: float, max_age_s: float | None) -> str:
+    """'expired' (drop the entry), 'stale' (too old for this request, keep it) or 'fresh'."""
+    if now >= expires:
+        return "expired"
+    if max_age_s is not None and now - stored > max_age_s:
+        return "stale"
+    return "fresh"
+
+
 class ResponseCache:
     """In-process LRU bounded by the bytes of the stored JSON bodies."""
 
@@ -89,17 +104,17 @@ class ResponseCache:
             if entry is None:
                 return None
             stored, expires, body = entry
-            if now >= expires:
+            state = _freshness(stored, expires, now, max_age_s)
+            if state == "expired":
                 self._drop(key)
-                return None
-            if max_age_s is not None and now - stored > max_age_s:
+            if state != "fresh":
                 return None
             self._entries.move_to_end(key)
             return json.loads(body)
 
     def put(self, key: str, body: dict, ttl_s: float) -> None:
-        blob = json.dumps(body, separators=(",", ":")).encode()
-        if ttl_s <= 0 or len(blob) > self.max_bytes:
+        blob = _admit(body, ttl_s, self.max_bytes)
+        if blob is None:
             return
         now = self.clock()
         with self._lock:
@@ -147,17 +162,17 @@ class SqliteResponseCache:
             if row is None:
                 return None
             stored, expires, body = row
-            if now >= expires:
+            state = _freshness(stored, expires, now, max_age_s)
+            if state == "expired":
                 self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
-                return None
-            if max_age_s is not None and now - stored > max_age_s:
+            if state != "fresh":
                 return None
             self._db.execute("UPDATE entries SET used = ? WHERE key = ?", (now, key))
         return json.loads(body)
 
     def put(self, key: str, body: dict, ttl_s: float) -> None:
-        blob = json.dumps(body, separators=(",", ":")).encode()
-        if ttl_s <= 0 or len(blob) > self.max_bytes:
+        blob = _admit(body, ttl_s, self.max_bytes)
+        if blob is None:
             return
         now = self.clock()
         with self._lock:
