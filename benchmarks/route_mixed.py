@@ -41,7 +41,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from benchmarks.serve_load import free_port, percentile  # noqa: E402
+from benchmarks.serve_load import free_port, percentile, wait_healthy  # noqa: E402
 
 SLO_S = 2.0
 TASK = REPO / "evals" / "route_mixed" / "test.jsonl"
@@ -69,16 +69,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "compress", "serve", str(manifest), "--port",
                                       str(self.port), "--device", "cpu", *args],
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, log.read_text()[-2000:]
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("server did not start")
+        wait_healthy(self.url, self.proc, log)
 
     def stop(self) -> None:
         self.proc.terminate()

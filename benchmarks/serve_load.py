@@ -60,6 +60,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    """Block until the `compress serve` process answers /health; exit with its log's tail if it dies or stalls."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"server did not start; log:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
 def baseline(model_dir: str, device: str, texts: list[str], max_tokens: int) -> dict:
     import torch
 
@@ -195,15 +211,7 @@ def main() -> None:
     try:
         import httpx
 
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"server did not start; log:\n{(tmp / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_healthy(url, server, tmp / "server.log")
         asyncio.run(load(url, texts, 1, 1, 4))  # warm-up
         for n in clients:
             before = batch_sizes(url)
