@@ -159,12 +159,14 @@ def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype, p
     tokenizer = models.load_tokenizer(teacher_ref)
     data = load_data(cfg.data, tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.eval_tokens)
     teacher = models.load_causal_lm(teacher_ref, device="cpu", dtype=torch.float32)
+    # A derived student is cut from the fp32 weights (the dict keeps them past the move to the device).
+    cpu_state = dict(teacher.state_dict()) if cfg.student is None else None
+    teacher = teacher.to(device=device, dtype=dtype).eval()
+    teacher.requires_grad_(False)
     keep = None
     if cfg.student is not None:
         student = load_student(cfg.student, teacher, tokenizer, cfg.seed)
     else:
-        cpu_state = dict(teacher.state_dict())  # fp32 weights the student is cut from (kept past the move below)
-        teacher = teacher.to(device=device, dtype=dtype)
         n = teacher.config.num_hidden_layers
         if cfg.layer_selection == "greedy" and cfg.student_layers is not None and cfg.student_layers < n:
             n_blocks = max(1, min(len(data.train), -(-cfg.layer_select_tokens // cfg.seq_len)))
@@ -174,8 +176,6 @@ def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype, p
         del cpu_state
         keep = keep if keep is not None else kept_layers(n, cfg.student_layers or n)
     check_not_larger(student, teacher)
-    teacher = teacher.to(device=device, dtype=dtype).eval()
-    teacher.requires_grad_(False)
     return teacher_ref, tokenizer, teacher, student.to(device), data, keep
 
 
