@@ -66,6 +66,17 @@ def wikitext(path: str) -> list[str]:
     return [Path(path).read_text(encoding="utf-8")]
 
 
+def train_data(args) -> list[str]:
+    """The corpus, plus --mix repeated --mix-repeat times (weights a small in-domain source up; its copies
+    hash alike, so they land together on one side of the held-out split)."""
+    return [args.train] + [args.mix] * (args.mix_repeat if args.mix else 0)
+
+
+def describe_data(args) -> str:
+    mix = f" + {Path(args.mix).name} x{args.mix_repeat}" if args.mix and args.mix_repeat else ""
+    return f"{Path(args.train).name}{mix}; 5% of the pieces held out (by content hash)"
+
+
 def decode_tok_s(model, tokenizer, new_tokens: int = 128) -> float:
     import torch
 
@@ -112,13 +123,15 @@ def run(args) -> None:
 
     out_dir = Path(args.work) / f"student-{args.mode}"
     cfg = make_config(
-        teacher=args.teacher, output=str(out_dir), student_layers=args.student_layers, data=[args.train],
+        teacher=args.teacher, output=str(out_dir), student_layers=args.student_layers, data=train_data(args),
         loss=args.loss, temperature=args.temperature, ce_weight=1.0 if args.mode == "ce" else args.ce_weight,
         max_steps=None, max_time=args.max_time, seq_len=args.seq_len, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, eval_tokens=args.eval_tokens,
         eval_every=0, save_every=0, seed=0, overwrite=True, device=dev, progress=True,
         num_processes=args.num_processes, layer_selection=args.layer_selection,
+        freeze_embeddings=args.freeze_embeddings,
     )
+    res["train_data"] = describe_data(args)
     result = distill(cfg)
     m = result.metrics
     # the untrained student: the same layers the run kept (greedy: chosen on the training text)
@@ -144,6 +157,51 @@ def run(args) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k not in {"loss_curve", "config", "distill"}}, indent=1))
+
+
+def scale(args) -> None:
+    """Issue 8: the same distillation (same student, data, global batch and steps) on 1 and on N GPUs.
+
+    The global batch is fixed (--global-batch sequences per optimizer step); each of N processes takes
+    global/N of it (packing.batch_indices gives process r the r-th slice of every global micro-batch), so
+    every run sees the same tokens in the same steps. Written after each run, so a cut-off call keeps
+    what finished."""
+    import torch
+
+    from compress import models, runtime
+    from compress.distill import distill, make_config
+
+    models.checkpoint_dir(models.resolve(args.teacher))  # GGUF -> cached checkpoint once, before timing
+    out = {"what": "same student, data, global batch and steps; tokens/s over the training loop (final "
+                   "validation excluded); held-out = validation split of the training text",
+           "train_data": describe_data(args), "global_batch": args.global_batch, "seq_len": args.seq_len,
+           "grad_accum": args.grad_accum, "max_steps": args.max_steps, "gpus_visible": torch.cuda.device_count(),
+           "versions": runtime.library_versions(), "hardware": runtime.hardware(), "runs": []}
+    for spec in args.runs:
+        n, parallel = int(spec.split(":")[0]), (spec.split(":") + ["ddp"])[1]
+        if args.global_batch % n:
+            raise SystemExit(f"--global-batch {args.global_batch} does not split over {n} processes")
+        extra = {"parallel": parallel} if parallel != "ddp" else {}
+        cfg = make_config(
+            teacher=args.teacher, output=str(Path(args.work) / f"scale-{n}-{parallel}"),
+            student_layers=args.student_layers, data=train_data(args), loss="fkl", ce_weight=0.0,
+            max_steps=args.max_steps, seq_len=args.seq_len, batch_size=args.global_batch // n,
+            grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, eval_tokens=args.eval_tokens,
+            eval_every=0, save_every=0, seed=0, overwrite=True, device=args.device, progress=True,
+            num_processes=n, layer_selection=args.layer_selection, **extra)
+        t = time.time()
+        m = distill(cfg).metrics
+        run = {"processes": n, "parallel": parallel, "wall_s": round(time.time() - t, 1),
+               **{k: m[k] for k in ("steps", "tokens_seen", "train_time_s", "tokens_per_s", "teacher_ppl",
+                                    "initial_student_ppl", "student_ppl", "heldout_kd", "kept_layers")}}
+        out["runs"].append(run)
+        base = out["runs"][0]
+        run["speedup"] = run["tokens_per_s"] / base["tokens_per_s"]
+        run["scaling_efficiency"] = run["speedup"] / (n / base["processes"])
+        run["ppl_vs_first_pct"] = 100 * (run["student_ppl"] / base["student_ppl"] - 1)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        print(json.dumps(run), flush=True)
 
 
 def plot(args) -> None:
@@ -205,15 +263,34 @@ def main() -> None:
     pr.add_argument("--temperature", type=float, default=1.0)
     pr.add_argument("--ce-weight", type=float, default=0.0)
     pr.add_argument("--eval-tokens", type=int, default=262_144)
+    pr.add_argument("--freeze-embeddings", action="store_true", help="train only the decoder layers")
     pr.add_argument("--wiki-tokens", type=int, default=32_768)
     pr.add_argument("--num-processes", type=int, default=1,
                     help="data-parallel GPUs (issue 8); --batch-size is per GPU, so halve it to keep the global batch")
     pr.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a dry run")
+    ps = sub.add_parser("scale", help="issue 8: one distillation on 1 and on N GPUs, same tokens")
+    ps.add_argument("--teacher", required=True)
+    ps.add_argument("--train", required=True)
+    ps.add_argument("--out", required=True)
+    ps.add_argument("--work", default="/tmp/distill-scale")
+    ps.add_argument("--runs", nargs="+", default=["1", "2", "2:fsdp"],
+                    help="PROCESSES[:ddp|fsdp] per run; the first is the baseline")
+    ps.add_argument("--max-steps", type=int, default=300)
+    ps.add_argument("--global-batch", type=int, default=8, help="sequences per micro-step over all processes")
+    ps.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a dry run (gloo)")
+    for a in (ps, pr):
+        a.add_argument("--mix", help="extra training text, weighted up (e.g. wiki.valid.tokens)")
+        a.add_argument("--mix-repeat", type=int, default=4)
+    for flag, kw in (("--student-layers", dict(type=int, default=15)), ("--seq-len", dict(type=int, default=1024)),
+                     ("--grad-accum", dict(type=int, default=4)), ("--lr", dict(type=float, default=3e-4)),
+                     ("--warmup-steps", dict(type=int, default=30)), ("--eval-tokens", dict(type=int, default=262_144)),
+                     ("--layer-selection", dict(choices=("greedy", "even"), default="greedy"))):
+        ps.add_argument(flag, **kw)
     pl = sub.add_parser("plot")
     pl.add_argument("results", nargs="+", help="JSON files written by run (kd first)")
     pl.add_argument("--png", required=True)
     args = p.parse_args()
-    {"prepare": prepare, "run": run, "plot": plot}[args.cmd](args)
+    {"prepare": prepare, "run": run, "scale": scale, "plot": plot}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ def blocks(ids: torch.Tensor, seq_len: int, limit: int | None = None) -> torch.T
 def load_data(specs: list[str], tokenizer, seq_len: int, heldout_fraction: float, eval_tokens: int) -> DistillData:
     texts = [t for spec in specs for t in load_texts(spec)]
     train_texts, held_texts = split_heldout(split_pieces(texts), heldout_fraction)
+    # A source given twice (to weight it up) trains twice, but is validated once: its copies hash alike,
+    # so they all land on the same side of the split.
+    held_texts = list(dict.fromkeys(held_texts))
     train_ids, held_ids = tokenize(tokenizer, train_texts), tokenize(tokenizer, held_texts)
     train, held = blocks(train_ids, seq_len), blocks(held_ids, seq_len, eval_tokens)
     if len(train) == 0 or len(held) == 0:

@@ -326,7 +326,7 @@ def _train(cfg: DistillConfig) -> DistillResult:
     final = _evaluate(acc, model, teacher, data, cfg)
     metrics = {
         "steps": step, "tokens_seen": tokens_seen, "train_time_s": round(train_time, 2),
-        "tokens_per_s": round(run_tokens / max(time.time() - run_start, 1e-9), 1),
+        "tokens_per_s": round(run_tokens / max(train_time - run_start_time_s, 1e-9), 1),  # final eval excluded
         "stopped_by": "max_time" if stopped_by_time else "max_steps",
         "teacher_ppl": teacher_ppl, "initial_student_ppl": state["initial"]["student_ppl"],
         "student_ppl": final["student_ppl"], "ppl_ratio": final["student_ppl"] / teacher_ppl,
