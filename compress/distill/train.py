@@ -363,6 +363,11 @@ def _train(cfg: DistillConfig) -> DistillResult:
                                                  weights_only=False))
         state.update(saved)
     model, optimizer = acc.prepare(student, optimizer)
+    if sharded:
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(model, FSDPModule):  # the CPU switch above relies on accelerate's internals
+            raise CompressError("--parallel fsdp: accelerate left the student unsharded; use --parallel ddp")
     if resume_from is not None:
         if sharded:
             saved_optimizer = torch.load(resume_from / "optimizer.pt", map_location="cpu", weights_only=False)
