@@ -38,13 +38,13 @@ def train_tokenizer(vocab_size: int = 512, texts: list[str] | None = None):
 
 
 def tiny_llama_config(vocab_size: int = 512, hidden: int = 128, layers: int = 2, heads: int = 4,
-                      kv_heads: int = 2, intermediate: int = 256, max_positions: int = 1024):
+                      kv_heads: int = 2, intermediate: int = 256, max_positions: int = 1024, tied: bool = False):
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=tied,  # tied: like SmolLM2
     )
 
 

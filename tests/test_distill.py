@@ -1,5 +1,5 @@
 """Distillation runs on tiny models: loss goes down, KD beats CE-only, exact resume after SIGKILL,
-two gloo processes, the artifact works downstream, and bad input is one line with exit 2."""
+two gloo processes (DDP and FSDP2), the artifact works downstream, and bad input is one line with exit 2."""
 
 from __future__ import annotations
 
@@ -109,6 +109,14 @@ def test_distilled_student_beats_cross_entropy_only(tmp_path, trained_teacher):
 KD_STEPS = 100
 
 
+@pytest.fixture(scope="session")
+def tied_model(tmp_path_factory, tokenizer):
+    """tiny_model with tied input/output embeddings, as SmolLM2 has."""
+    from compress.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tied") / "model", seed=0, tokenizer=tokenizer, tied=True)
+
+
 def _run_cli(args, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     root = Path(__file__).resolve().parents[1]
@@ -201,3 +209,111 @@ def test_bad_input_is_one_line_exit_2(tmp_path, tiny_model, tokenizer, capsys):
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, (extra, err)
     assert not any(p.name.startswith(".o") for p in tmp_path.iterdir())  # no half-written artifacts
+
+
+@pytest.mark.slow
+def test_fsdp_over_two_gloo_processes_trains_like_ddp(tmp_path, tied_model):
+    """FSDP2 over 2 CPU processes (gloo), tied embeddings, 2 accumulated micro-steps: the same data
+    (global batch 2 x 4) gives DDP's weights and held-out perplexity. 9 held-out blocks split 5/4, so
+    one process runs a throw-away forward for the other's last FSDP all-gather."""
+    from safetensors import safe_open
+
+    common = dict(student_layers=1, max_steps=4, lr=3e-3, warmup_steps=1, num_processes=2, batch_size=4,
+                  grad_accum=2, eval_tokens=9 * 64)
+    fsdp = distill(_cfg(tied_model, tmp_path / "fsdp", parallel="fsdp", **common)).metrics
+    ddp = distill(_cfg(tied_model, tmp_path / "ddp", parallel="ddp", **common)).metrics
+    assert (fsdp["parallel"], ddp["parallel"]) == ("fsdp", "ddp")
+    assert fsdp["heldout_tokens"] == ddp["heldout_tokens"] == 9 * 63
+    assert fsdp["student_ppl"] == pytest.approx(ddp["student_ppl"], rel=1e-4), (fsdp["student_ppl"], ddp["student_ppl"])
+    a, b = _weights(tmp_path / "fsdp"), _weights(tmp_path / "ddp")
+    for k in b:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    with safe_open(tmp_path / "fsdp" / "model.safetensors", "pt") as f:
+        assert "lm_head.weight" not in f.keys()  # still tied: saved once, as DDP saves it
+    student = models.load_causal_lm(str(tmp_path / "fsdp"), device="cpu")
+    assert student.get_input_embeddings().weight is student.get_output_embeddings().weight
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_model, parallel):
+    """SIGKILL a 2-process CLI run (its whole process group) after its second checkpoint; --resume in 2
+    processes ends on the uninterrupted run's weights. Under FSDP the checkpoint holds the optimizer state
+    gathered from both shards, and resuming splits it again."""
+    killed = tmp_path / "killed"
+    args = [str(tiny_model), "--output", str(killed), "--student-layers", "1", "--max-steps", "16",
+            "--save-every", "4", "--seq-len", "64", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "3",
+            "--seed", "3", "--num-processes", "2", "--parallel", parallel]
+    proc = _run_cli(args, start_new_session=True)  # its own group: the spawned workers die with it
+    target = Path(f"{killed}.checkpoints") / "step-00000008" / "state.json"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), proc.stderr.read()
+    assert not killed.exists()
+
+    common = dict(student_layers=1, max_steps=16, save_every=4, batch_size=4, lr=3e-3, warmup_steps=3, seed=3,
+                  num_processes=2)
+    other = "ddp" if parallel == "fsdp" else "fsdp"
+    with pytest.raises(CompressError, match="another run.*parallel"):
+        distill(_cfg(tiny_model, killed, resume=True, parallel=other, **common))
+    resumed = distill(_cfg(tiny_model, killed, resume=True, parallel=parallel, **common)).metrics
+    straight = distill(_cfg(tiny_model, tmp_path / "straight", parallel=parallel, **common)).metrics
+    assert resumed["steps"] == 16 and resumed["tokens_seen"] == straight["tokens_seen"]
+    a, b = _weights(killed), _weights(tmp_path / "straight")
+    for k in b:
+        assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
+    assert resumed["student_ppl"] == pytest.approx(straight["student_ppl"], rel=1e-6)
+
+
+def test_fsdp_in_one_process_trains_unsharded(tmp_path, tiny_model):
+    out = tmp_path / "one"
+    m = distill(_cfg(tiny_model, out, student_layers=1, max_steps=2, warmup_steps=1, parallel="fsdp")).metrics
+    assert m["parallel"] == "none" and m["num_processes"] == 1
+    assert read_meta(out).config["parallel"] == "fsdp"
+
+
+def test_parallel_joins_the_run_hash_only_for_fsdp():
+    """ddp hashes as it did before the field existed, so older checkpoints still resume."""
+    import hashlib
+    import json
+
+    from compress.distill.config import NOT_HASHED
+
+    ddp = make_config(teacher="t", output="o")
+    before = {k: v for k, v in ddp.model_dump().items() if k not in NOT_HASHED and k != "parallel"}
+    assert ddp.run_hash() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert make_config(teacher="t", output="o", parallel="fsdp").run_hash() != ddp.run_hash()
+
+
+def test_fsdp_needs_a_named_decoder_layer(tiny_model):
+    from compress.distill.train import _fsdp_layer_classes
+
+    student = models.load_causal_lm(str(tiny_model), device="cpu")
+    assert _fsdp_layer_classes(student) == ["LlamaDecoderLayer"]
+    student._no_split_modules = None
+    with pytest.raises(CompressError, match="--parallel fsdp.*_no_split_modules.*--parallel ddp"):
+        _fsdp_layer_classes(student)
+
+
+def test_cli_forwards_parallel(tmp_path, tiny_model, capsys, monkeypatch):
+    import compress.distill
+    from compress.distill import DistillResult
+
+    seen = {}
+
+    def fake(cfg):
+        seen["cfg"] = cfg
+        return DistillResult(tmp_path / "o", dict(student_ppl=1.0, teacher_ppl=1.0, initial_student_ppl=2.0,
+                                                  student_params=1, teacher_params=2, steps=1, tokens_seen=1,
+                                                  tokens_per_s=1.0))
+
+    monkeypatch.setattr(compress.distill, "distill", fake)
+    code, err = _cli([str(tiny_model), "--output", str(tmp_path / "o"), "--num-processes", "2",
+                      "--parallel", "fsdp"], capsys)
+    assert code in (0, None), err
+    assert seen["cfg"].parallel == "fsdp" and seen["cfg"].num_processes == 2
+    code, err = _cli([str(tiny_model), "--output", str(tmp_path / "o"), "--parallel", "zero3"], capsys)
+    assert code == 2 and "zero3" in err

@@ -17,6 +17,11 @@ class Loss(str, Enum):
     jsd = "jsd"
 
 
+class Parallel(str, Enum):
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
 @app.command()
 def distill(
     teacher: Annotated[str, typer.Argument(help="Teacher: checkpoint directory, hub id, .gguf file, or artifact.")],
@@ -44,6 +49,7 @@ def distill(
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never) into OUTPUT.checkpoints.")] = 0,
     grad_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward to save memory.")] = False,
     num_processes: Annotated[int, typer.Option(help="Data-parallel processes (GPUs, or gloo on CPU).")] = 1,
+    parallel: Annotated[Parallel, typer.Option(help="How the processes share the student: ddp (each holds all of it) | fsdp (FSDP2: weights, gradients and optimizer state sharded per decoder layer). One process trains unsharded either way.")] = Parallel.ddp,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint of the same run.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT and old checkpoints.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
@@ -60,7 +66,8 @@ def distill(
         student_intermediate_size=student_intermediate_size, layer_selection=layer_selection, freeze_embeddings=freeze_embeddings, data=data or ["builtin"], loss=loss.value, beta=beta,
         temperature=temperature, ce_weight=ce_weight, top_k=top_k, max_time=max_time, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_tokens=eval_tokens,
-        save_every=save_every, grad_checkpointing=grad_checkpointing, num_processes=num_processes, resume=resume,
+        save_every=save_every, grad_checkpointing=grad_checkpointing, num_processes=num_processes, parallel=parallel.value,
+        resume=resume,
         overwrite=overwrite, seed=seed, device=device, max_steps=max_steps,
     )
     result = run(cfg)

@@ -4,7 +4,7 @@
 - losses.py   forward KL, reverse KL, generalized JSD, top-k, CE mixing: pure functions
 - student.py  derive a student from the teacher (layer subset, narrower MLP) or load one; size/tokenizer checks
 - packing.py  texts -> train/held-out token blocks -> resumable, process-sharded batch order
-- train.py    the run: accelerate (DDP), bf16 autocast on GPU, checkpoints/resume, validation, artifact
+- train.py    the run: accelerate (DDP or FSDP2), bf16 autocast on GPU, checkpoints/resume, validation, artifact
 """
 
 from compress.distill.config import DistillConfig, make_config

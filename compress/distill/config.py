@@ -55,6 +55,9 @@ class DistillConfig(BaseModel):
     save_every: int = Field(default=0, ge=0)  # 0: no intermediate checkpoints
     grad_checkpointing: bool = False
     num_processes: int = Field(default=1, ge=1)
+    # How N processes share the student (train.py): ddp = each holds all of it and gradients are averaged;
+    # fsdp = FSDP2, weights, gradients and optimizer state sharded per decoder layer. One process: unsharded.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     seed: int = 0
     checkpoint_dir: str | None = None  # default: OUTPUT.checkpoints beside OUTPUT
     resume: bool = False
@@ -84,6 +87,8 @@ class DistillConfig(BaseModel):
     def run_hash(self) -> str:
         """Identifies the trajectory: everything that changes which weights a step produces."""
         fields = {k: v for k, v in self.model_dump().items() if k not in NOT_HASHED}
+        if fields["parallel"] == "ddp":  # added later: ddp runs keep the hash (and the checkpoints) they had
+            del fields["parallel"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,16 +1,23 @@
 """The distillation run: load teacher and student, train, validate, checkpoint, resume, save the artifact.
 
 One function, `distill(config)`, works the same in one process, in N processes it starts itself
-(`num_processes`, DDP through accelerate: NCCL on GPUs, gloo on CPUs), or under `accelerate launch`
-(each process sees the launcher's environment and joins its group). Each process owns a slice of
-every global batch (see packing.batch_indices); gradients are averaged by DDP, so N processes with
-batch B train like one process with batch N*B.
+(`num_processes`: NCCL on GPUs, gloo on CPUs), or under `accelerate launch` (each process sees the
+launcher's environment and joins its group). Each process owns a slice of every global batch (see
+packing.batch_indices); gradients are averaged over processes, so N processes with batch B train like
+one process with batch N*B. `parallel` picks how the student is spread (the teacher is always a
+whole, frozen, unwrapped copy per process):
+- ddp: accelerate's DDP, every process holds the whole student and its optimizer state;
+- fsdp: accelerate's FSDP2 plugin, each decoder layer (the student's `_no_split_modules`) its own
+  shard group, weights, gradients and AdamW state split over processes; tied embeddings share a group.
+  In one process both are plain unsharded training.
 
 Checkpoints (every `save_every` steps, and when `max_time` runs out) hold the student weights, the
 optimizer state, every process's RNG states, the step, tokens seen, elapsed time and validation
 history; the data position and the learning rate are pure functions of the step, so `--resume`
 continues on exactly the trajectory an uninterrupted run takes. A checkpoint is written to a
 temporary folder and renamed when complete, so a run killed while saving leaves the previous one.
+Weights and optimizer state are saved whole (gathered from the shards under FSDP), so the files are
+the same for ddp and fsdp.
 """
 
 from __future__ import annotations
@@ -99,14 +106,16 @@ def _save_checkpoint(acc, cfg: DistillConfig, model, optimizer, state: dict) -> 
     final = d / f"{CKPT_PREFIX}{state['step']:08d}"
     tmp = d / f".tmp-{final.name}"
     weights = acc.get_state_dict(model)  # collective under FSDP: every process calls it
+    optim_state = _full_optimizer_state(model, optimizer) if _sharded(acc) else None  # collective too
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng-{acc.process_index}.pt")
     if acc.is_main_process:
-        torch.save({k: v.detach().cpu() for k, v in weights.items()}, tmp / "model.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        weights = _retied(acc.unwrap_model(model), {k: v.detach().cpu() for k, v in weights.items()})
+        torch.save(weights, tmp / "model.pt")
+        torch.save(optim_state if optim_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -117,6 +126,50 @@ def _save_checkpoint(acc, cfg: DistillConfig, model, optimizer, state: dict) -> 
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
+
+
+def _retied(model, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One tensor again under every name of a shared parameter (tied input/output embeddings): copies made
+    per name (gathered from FSDP shards, or moved off the GPU) would be saved twice, and save_pretrained
+    recognises ties by storage only."""
+    first: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if name in weights:
+            weights[name] = weights[first.setdefault(id(p), name)]
+    return weights
+
+
+def _sharded(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP
+
+
+def _full_optimizer_state(model, optimizer) -> dict:
+    """The FSDP-sharded AdamW state gathered whole, in `optimizer.state_dict()`'s layout (parameters
+    numbered in optimizer order) so that the checkpoint file is the same as DDP's. Collective; the full
+    dict lands on process 0 only (in CPU memory), the others get {}."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, optimizer.optimizer,
+                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not by_name:
+        return {}
+    index = {name: i for i, name in enumerate(n for g in by_name["param_groups"] for n in g["params"])}
+    return {"state": {index[name]: v for name, v in by_name["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in by_name["param_groups"]]}
+
+
+def _load_full_optimizer_state(model, optimizer, saved: dict) -> None:
+    """Inverse of _full_optimizer_state: every process passes the whole saved state and keeps its shard.
+    Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = {p: name for name, p in model.named_parameters()}  # tied weights: one name, as in the optimizer
+    order = [names[p] for g in optimizer.optimizer.param_groups for p in g["params"]]
+    by_name = {"state": {order[i]: v for i, v in saved["state"].items()},
+               "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer.optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
 
 def _rng_state() -> dict:
@@ -186,10 +239,19 @@ def _evaluate(acc, model, teacher, data: DistillData, cfg: DistillConfig):
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, device=acc.device, dtype=torch.float64)  # student nll, teacher nll, kd, tokens
-    mine = range(acc.process_index, len(data.heldout), acc.num_processes)
-    idx = list(mine)
-    for i in range(0, len(idx), cfg.batch_size):
-        x = data.heldout[idx[i:i + cfg.batch_size]].to(acc.device)  # [B, S]
+    idx = list(range(acc.process_index, len(data.heldout), acc.num_processes))
+    batches = [idx[i:i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
+    if _sharded(acc):
+        # An FSDP forward is collective (it gathers each layer's shards): a process with fewer held-out
+        # blocks runs throw-away forwards until it has run as many as process 0.
+        rounds = -(-len(range(0, len(data.heldout), acc.num_processes)) // cfg.batch_size)
+        batches += [None] * (rounds - len(batches))
+    for batch in batches:
+        if batch is None:
+            with acc.autocast():
+                model(input_ids=data.heldout[:1].to(acc.device))
+            continue
+        x = data.heldout[batch].to(acc.device)  # [B, S]
         labels = x[:, 1:]
         with acc.autocast():
             s_logits = model(input_ids=x).logits[:, :-1].float()
@@ -209,14 +271,63 @@ def _evaluate(acc, model, teacher, data: DistillData, cfg: DistillConfig):
 
 # ---------------------------------------------------------------------------------------- training
 
-def _train(cfg: DistillConfig) -> DistillResult:
+def _accelerator(cfg: DistillConfig, on_cuda: bool):
+    """accelerate's Accelerator for the run: DDP (nothing, in one process), or FSDP2 for --parallel fsdp."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    plugin = _fsdp_plugin(on_cuda) if cfg.parallel == "fsdp" and _world_size() > 1 else None
+    acc = Accelerator(cpu=not on_cuda, mixed_precision="bf16" if on_cuda else "no", fsdp_plugin=plugin)
+    if plugin is not None and acc.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate 1.15 turns FSDP on for accelerator devices only: on CPUs it keeps MULTI_CPU and would
+        # silently run DDP. torch's fully_shard runs on CPUs over gloo, so switch the state over the way
+        # accelerate does for GPUs (state.py): CPU runs, the tests among them, take the GPU runs' path.
+        from accelerate.state import PartialState
+
+        acc.state.fsdp_plugin = plugin
+        acc.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    if cfg.parallel == "ddp" and _sharded(acc):
+        raise CompressError("accelerate launch is configured for FSDP: pass --parallel fsdp, or launch without it")
+    if plugin is not None and not acc.is_fsdp2:
+        raise CompressError(f"--parallel fsdp: accelerate did not turn FSDP2 on ({acc.distributed_type.value})")
+    return acc
+
+
+def _fsdp_plugin(on_cuda: bool):
+    from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",  # the layer class comes from the student (_fsdp_layer_classes)
+        reshard_after_forward=True,
+        state_dict_type="FULL_STATE_DICT",
+        # Like DDP under bf16 autocast: bf16 compute, fp32 master weights, gradients reduced in fp32.
+        mixed_precision_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if on_cuda else None,
+        # Explicit, so that an `accelerate launch` config cannot switch them on behind the run's back.
+        cpu_offload=False, cpu_ram_efficient_loading=False, activation_checkpointing=False,
+    )
+
+
+def _fsdp_layer_classes(student) -> list[str]:
+    """The decoder layer class(es) FSDP wraps one by one: what transformers names `_no_split_modules`."""
+    names = list(getattr(student, "_no_split_modules", None) or [])
+    present = {type(m).__name__ for m in student.modules()}
+    if not names or not set(names) & present:
+        raise CompressError(f"--parallel fsdp shards the student per decoder layer, but {type(student).__name__} "
+                            "does not name its layer class (_no_split_modules): use --parallel ddp")
+    return [n for n in names if n in present]
+
+
+def _train(cfg: DistillConfig) -> DistillResult:
     from tqdm.auto import tqdm
 
     started = time.time()
     device_name = cfg.device or runtime.default_device()
     on_cuda = device_name.startswith("cuda")
-    acc = Accelerator(cpu=not on_cuda, mixed_precision="bf16" if on_cuda else "no")
+    acc = _accelerator(cfg, on_cuda)
     main = acc.is_main_process
     dtype = runtime.compute_dtype(str(acc.device))
     torch.manual_seed(cfg.seed)
@@ -231,6 +342,9 @@ def _train(cfg: DistillConfig) -> DistillResult:
         student.get_input_embeddings().requires_grad_(False)
         student.get_output_embeddings().requires_grad_(False)  # the same tensor when tied
     n_student, n_teacher = count_params(student), count_params(teacher)
+    sharded = _sharded(acc)
+    if sharded:
+        acc.state.fsdp_plugin.transformer_cls_names_to_wrap = _fsdp_layer_classes(student)
 
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                   weight_decay=cfg.weight_decay)
@@ -241,11 +355,24 @@ def _train(cfg: DistillConfig) -> DistillResult:
         saved = json.loads((resume_from / STATE_FILE).read_text())
         if saved.get("run_hash") != cfg.run_hash():
             raise CompressError(f"cannot resume from {resume_from}: it belongs to another run")
-        student.load_state_dict(torch.load(resume_from / "model.pt", map_location=acc.device))
-        optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", map_location=acc.device, weights_only=False))
+        # torch.load restores to "cpu" but not to "cpu:0", the device accelerate gives CPU processes.
+        location = "cpu" if acc.device.type == "cpu" else acc.device
+        student.load_state_dict(torch.load(resume_from / "model.pt", map_location=location))
+        if not sharded:  # FSDP: after prepare, once the parameters are sharded
+            optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", map_location=location,
+                                                 weights_only=False))
         state.update(saved)
     model, optimizer = acc.prepare(student, optimizer)
+    if sharded:
+        from torch.distributed.fsdp import FSDPModule
+
+        if not isinstance(model, FSDPModule):  # the CPU switch above relies on accelerate's internals
+            raise CompressError("--parallel fsdp: accelerate left the student unsharded; use --parallel ddp")
     if resume_from is not None:
+        if sharded:
+            saved_optimizer = torch.load(resume_from / "optimizer.pt", map_location="cpu", weights_only=False)
+            _load_full_optimizer_state(model, optimizer, saved_optimizer)
+            del saved_optimizer
         rng_file = resume_from / f"rng-{acc.process_index}.pt"
         if rng_file.is_file():
             _set_rng_state(torch.load(rng_file, weights_only=False))
@@ -334,6 +461,7 @@ def _train(cfg: DistillConfig) -> DistillResult:
         "heldout_tokens": final["heldout_tokens"], "train_tokens_available": data.train_tokens,
         "student_params": n_student, "teacher_params": n_teacher, "kept_layers": kept,
         "num_processes": acc.num_processes, "device": str(acc.device),
+        "parallel": "fsdp" if sharded else "ddp" if acc.num_processes > 1 else "none",  # none: one process
         "history": state["history"], "loss_curve": state["loss_curve"],
     }
     weights = acc.get_state_dict(model)
@@ -362,7 +490,7 @@ def _write_artifact(cfg, teacher_ref, model, weights, tokenizer, metrics, second
     model.config.use_cache = True
     save_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
     model.config.dtype = save_dtype
-    state = {k: v.detach().to("cpu", save_dtype) for k, v in weights.items()}
+    state = _retied(model, {k: v.detach().to("cpu", save_dtype) for k, v in weights.items()})
     meta = ArtifactMeta(
         kind="distilled", method=cfg.loss if cfg.ce_weight < 1.0 else "ce",
         source=SourceInfo(spec=cfg.teacher, kind=teacher_ref.kind, sha256=models.fingerprint(teacher_ref)),
