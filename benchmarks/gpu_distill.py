@@ -1,21 +1,25 @@
-"""GPU benchmark: distill SmolLM2-135M-Instruct (30 layers) into a 15-layer student in a fixed time.
+"""GPU benchmark: distill SmolLM2-135M-Instruct (30 layers) into a half-depth student in a fixed time.
 
 Self-contained for the lent H100 (Python 3.12, torch 2.11, transformers 5.17, accelerate 1.15; no
 network). Beyond those it needs this repository (the `compress` package travels with the working
 tree), pydantic (+ pydantic_core, annotated-types, typing-inspection) and gguf wheels on PYTHONPATH.
 
-Two steps:
+Steps:
 
   # 1. here (CPU machine): build the training text, ~31 MB of real text, xz-compressed (~6 MB)
-  python benchmarks/gpu_distill.py prepare --out .part/distill_train.txt.xz
+  python benchmarks/gpu_distill.py prepare --out .gpu/distill_train.txt.xz
 
-  # 2. on the GPU, one call per mode (each call <= ~8.5 min wall; KD first, then CE-only):
-  python benchmarks/gpu_distill.py run --mode kd --teacher /tmp/m/model.gguf \
-      --train .part/distill_train.txt.xz --wikitext wiki.test.tokens --max-time 300 --out $OUT/distill_kd.json
+  # 2. on the GPU, one call per mode (each call <= ~9.5 min wall; KD first, then CE-only):
+  python benchmarks/gpu_distill.py run --mode kd --teacher /tmp/m/model.gguf --train distill_train.txt.xz \
+      --mix wiki.valid.tokens --mix-repeat 4 --wikitext wiki.test.tokens --max-time 390 --out $OUT/distill_kd.json
   python benchmarks/gpu_distill.py run --mode ce ... --out $OUT/distill_ce.json
 
-  # 3. here: draw both
-  python benchmarks/gpu_distill.py plot distill_kd.json distill_ce.json --png benchmarks/results/gpu_distill.png
+  # 3. here: draw them
+  python benchmarks/gpu_distill.py plot distill_kd.json distill_ce.json ... --png benchmarks/results/gpu_distill.png
+
+  # issue 8: the same run on 1 and 2 GPUs (DDP, FSDP), same global batch and steps
+  python benchmarks/gpu_distill.py scale --teacher /tmp/m/model.gguf --train distill_train.txt.xz \
+      --mix wiki.valid.tokens --runs 1 2 2:fsdp --max-steps 300 --out $OUT/distill_scale.json
 
 What a `run` measures (written as JSON to --out): teacher, initial (truncated, untrained) student and
 final student perplexity on the first --wiki-tokens tokens of WikiText-2 test (1,024-token windows
@@ -24,7 +28,8 @@ greedy decode tokens/s (batch 1, 128 new tokens, median of 3 after a warm-up) fo
 student. kd = forward KL on the teacher's logits; ce = the same student trained with cross-entropy
 on the same data for the same wall time (it skips the teacher forward, so it sees more tokens).
 Training text: the five files of shared/data/corpus (Python docs, CPython stdlib, Linux docs,
-Austen, Moby Dick); WikiText-2 is used only for evaluation.
+Austen, Moby Dick), plus --mix (WikiText-2 *valid*, repeated --mix-repeat times) when given;
+WikiText-2 *test* is only evaluated.
 """
 
 from __future__ import annotations
@@ -204,35 +209,47 @@ def scale(args) -> None:
         print(json.dumps(run), flush=True)
 
 
+def label(r: dict) -> str:
+    """A run's settings in a few words, for the plot."""
+    c = r["config"]
+    mix = r.get("train_data", "").split("; ")[0].split(" + ")[1:]  # e.g. ["wiki.valid.tokens x10"]
+    extra = [f"{c['student_layers']}L", f"lr {c['lr']:g}"] + [m.replace(".tokens", "") for m in mix]
+    extra += ["frozen emb"] if c.get("freeze_embeddings") else []
+    extra += [f"{r['distill']['train_time_s']:.0f}s"]
+    return f"{r['mode']} ({', '.join(extra)})"
+
+
 def plot(args) -> None:
-    """Draw KD vs CE-only (run on the CPU machine, from the JSON files the GPU calls wrote)."""
+    """Draw the runs against the teacher (run on the CPU machine, from the JSON files the GPU calls wrote)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = [json.loads(Path(p).read_text()) for p in args.results]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1.4]})
     for r in runs:
         curve = r["loss_curve"]  # [step, loss, kd, ce]
         tokens_per_step = r["distill"]["tokens_seen"] / max(1, r["distill"]["steps"])
-        a.plot([c[0] * tokens_per_step / 1e6 for c in curve], [c[3] for c in curve], label=f"{r['mode']}: train CE")
+        a.plot([c[0] * tokens_per_step / 1e6 for c in curve], [c[3] for c in curve], label=label(r))
     a.set_xlabel("training tokens (M)")
     a.set_ylabel("cross-entropy on the training batch (nats)")
-    a.legend()
-    labels = ["teacher", "student (truncated)"] + [f"student {r['mode']}" for r in runs]
-    wiki = [runs[0]["teacher_wiki_ppl"], runs[0]["initial_student_wiki_ppl"]] + [r["student_wiki_ppl"] for r in runs]
-    held = [runs[0]["corpus_heldout"]["teacher_ppl"], runs[0]["corpus_heldout"]["initial_student_ppl"]] + \
-        [r["corpus_heldout"]["student_ppl"] for r in runs]
-    x = range(len(labels))
-    b.bar([i - 0.2 for i in x], wiki, width=0.4, label="WikiText-2 test subset")
-    b.bar([i + 0.2 for i in x], held, width=0.4, label="held-out corpus")
-    b.set_xticks(list(x), labels, rotation=15)
-    b.set_ylabel("perplexity")
-    b.axhline(1.25 * runs[0]["teacher_wiki_ppl"], ls="--", c="gray", lw=1, label="1.25x teacher (wiki)")
-    b.legend()
-    fig.suptitle(f"SmolLM2-135M -> {runs[0]['student_layers']}-layer student, "
-                 f"{runs[0]['distill']['train_time_s']:.0f} s of training each")
+    a.legend(fontsize=7)
+    t = runs[0]
+    labels = ["teacher"] + [label(r) for r in runs]
+    wiki = [t["teacher_wiki_ppl"]] + [r["student_wiki_ppl"] for r in runs]
+    held = [t["corpus_heldout"]["teacher_ppl"]] + [r["corpus_heldout"]["student_ppl"] for r in runs]
+    y = range(len(labels))
+    b.barh([i - 0.2 for i in y], wiki, height=0.4, label="WikiText-2 test subset")
+    b.barh([i + 0.2 for i in y], held, height=0.4, label="held-out corpus")
+    b.set_yticks(list(y), labels, fontsize=7)
+    b.invert_yaxis()
+    b.set_xscale("log")
+    b.set_xlabel("perplexity (log scale)")
+    b.axvline(1.25 * t["teacher_wiki_ppl"], ls="--", c="C0", lw=1, label="1.25x teacher (wiki)")
+    b.axvline(1.25 * t["corpus_heldout"]["teacher_ppl"], ls=":", c="C1", lw=1, label="1.25x teacher (held-out)")
+    b.legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M-Instruct (30 layers) -> half-depth students, H100, <= 8 min of training each")
     fig.tight_layout()
     fig.savefig(args.png, dpi=120)
     print(f"wrote {args.png}")
@@ -287,7 +304,7 @@ def main() -> None:
                      ("--layer-selection", dict(choices=("greedy", "even"), default="greedy"))):
         ps.add_argument(flag, **kw)
     pl = sub.add_parser("plot")
-    pl.add_argument("results", nargs="+", help="JSON files written by run (kd first)")
+    pl.add_argument("results", nargs="+", help="JSON files written by run")
     pl.add_argument("--png", required=True)
     args = p.parse_args()
     {"prepare": prepare, "run": run, "scale": scale, "plot": plot}[args.cmd](args)
