@@ -324,12 +324,18 @@ def test_queue_bound_then_graceful_shutdown(tiers, tmp_path):
                               json={**body, "max_tokens": 120, "stream": True}) as r:
                 return [line for line in r.iter_lines() if line.startswith("data: ")]
 
-        with cf.ThreadPoolExecutor(2) as pool:
-            futures = [pool.submit(stream_all) for _ in range(2)]
+        def wait_for(name: str) -> None:  # until the server holds the request (a SIGTERM before would refuse it)
             deadline = time.monotonic() + 30
-            while metric(httpx.get(s.url + "/metrics").text, "compress_running_requests", tier="tiny-a") < 1:
+            while metric(httpx.get(s.url + "/metrics").text, name, tier="tiny-a") < 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+
+        with cf.ThreadPoolExecutor(2) as pool:
+            # One at a time: the first must be running before the second takes the one queue slot.
+            futures = [pool.submit(stream_all)]
+            wait_for("compress_running_requests")
+            futures.append(pool.submit(stream_all))
+            wait_for("compress_queue_depth")
             s.terminate()
             results = [f.result() for f in futures]
         for events in results:
