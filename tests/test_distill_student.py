@@ -117,3 +117,17 @@ def test_student_guards(tmp_path, teacher4, tokenizer):
     s = load_student(str(cfg_dir), teacher, tokenizer, 0)
     assert s.config.num_hidden_layers == 1
     check_not_larger(s, teacher)
+
+
+def test_a_source_given_twice_trains_twice_and_validates_once(tmp_path, tokenizer):
+    from compress.distill.packing import load_data
+
+    # 40 documents of distinct text, so the hash split puts a few on each side.
+    docs = [" ".join(f"w{i}x{j}" for j in range(60)) for i in range(40)]
+    (tmp_path / "a.jsonl").write_text("\n".join(f'"{d}"' for d in docs))
+    once = load_data([str(tmp_path / "a.jsonl")], tokenizer, seq_len=16, heldout_fraction=0.2, eval_tokens=10**6)
+    twice = load_data([str(tmp_path / "a.jsonl")] * 2, tokenizer, 16, 0.2, 10**6)
+    assert once.heldout_tokens > 0 and once.train_tokens > 0
+    assert twice.train_tokens == 2 * once.train_tokens  # weighted up in training
+    assert twice.heldout_tokens == once.heldout_tokens  # copies hash alike: none of them leaks into training
+    assert torch.equal(twice.heldout, once.heldout)
