@@ -82,6 +82,18 @@ def describe_data(args) -> str:
     return f"{Path(args.train).name}{mix}; 5% of the pieces held out (by content hash)"
 
 
+def distill_config(args, output: Path, **run_specific):
+    """The settings `run` and `scale` share (the flags of `training_flags`), plus each one's own."""
+    from compress.distill import make_config
+
+    return make_config(
+        teacher=args.teacher, output=str(output), student_layers=args.student_layers, data=train_data(args),
+        seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
+        eval_tokens=args.eval_tokens, layer_selection=args.layer_selection, device=args.device,
+        eval_every=0, save_every=0, seed=0, overwrite=True, progress=True, **run_specific,
+    )
+
+
 def decode_tok_s(model, tokenizer, new_tokens: int = 128) -> float:
     import torch
 
@@ -103,7 +115,7 @@ def run(args) -> None:
     import torch
 
     from compress import models, runtime
-    from compress.distill import distill, make_config
+    from compress.distill import distill
     from compress.distill.student import count_params, derive_student
     from compress.evaluate.perplexity import perplexity
 
@@ -127,14 +139,10 @@ def run(args) -> None:
     res["setup_s"] = round(time.time() - t0, 1)
 
     out_dir = Path(args.work) / f"student-{args.mode}"
-    cfg = make_config(
-        teacher=args.teacher, output=str(out_dir), student_layers=args.student_layers, data=train_data(args),
-        loss=args.loss, temperature=args.temperature, ce_weight=1.0 if args.mode == "ce" else args.ce_weight,
-        max_steps=None, max_time=args.max_time, seq_len=args.seq_len, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, eval_tokens=args.eval_tokens,
-        eval_every=0, save_every=0, seed=0, overwrite=True, device=dev, progress=True,
-        num_processes=args.num_processes, layer_selection=args.layer_selection,
-        freeze_embeddings=args.freeze_embeddings,
+    cfg = distill_config(
+        args, output=out_dir, loss=args.loss, temperature=args.temperature,
+        ce_weight=1.0 if args.mode == "ce" else args.ce_weight, max_steps=None, max_time=args.max_time,
+        batch_size=args.batch_size, num_processes=args.num_processes, freeze_embeddings=args.freeze_embeddings,
     )
     res["train_data"] = describe_data(args)
     result = distill(cfg)
@@ -174,7 +182,7 @@ def scale(args) -> None:
     import torch
 
     from compress import models, runtime
-    from compress.distill import distill, make_config
+    from compress.distill import distill
 
     models.checkpoint_dir(models.resolve(args.teacher))  # GGUF -> cached checkpoint once, before timing
     out = {"what": "same student, data, global batch and steps; tokens/s over the training loop (final "
@@ -186,14 +194,9 @@ def scale(args) -> None:
         n, parallel = int(spec.split(":")[0]), (spec.split(":") + ["ddp"])[1]
         if args.global_batch % n:
             raise SystemExit(f"--global-batch {args.global_batch} does not split over {n} processes")
-        extra = {"parallel": parallel} if parallel != "ddp" else {}
-        cfg = make_config(
-            teacher=args.teacher, output=str(Path(args.work) / f"scale-{n}-{parallel}"),
-            student_layers=args.student_layers, data=train_data(args), loss="fkl", ce_weight=0.0,
-            max_steps=args.max_steps, seq_len=args.seq_len, batch_size=args.global_batch // n,
-            grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps, eval_tokens=args.eval_tokens,
-            eval_every=0, save_every=0, seed=0, overwrite=True, device=args.device, progress=True,
-            num_processes=n, layer_selection=args.layer_selection, **extra)
+        cfg = distill_config(args, output=Path(args.work) / f"scale-{n}-{parallel}", loss="fkl", ce_weight=0.0,
+                             max_steps=args.max_steps, batch_size=args.global_batch // n, num_processes=n,
+                             parallel=parallel)
         t = time.time()
         m = distill(cfg).metrics
         run = {"processes": n, "parallel": parallel, "wall_s": round(time.time() - t, 1),
@@ -255,6 +258,23 @@ def plot(args) -> None:
     print(f"wrote {args.png}")
 
 
+def training_flags(p: argparse.ArgumentParser) -> None:
+    """The flags `run` and `scale` share (what `distill_config` reads)."""
+    p.add_argument("--teacher", required=True, help="SmolLM2-135M-Instruct .gguf or checkpoint dir")
+    p.add_argument("--train", required=True, help="training text (prepare's output)")
+    p.add_argument("--mix", help="extra training text, weighted up (e.g. wiki.valid.tokens)")
+    p.add_argument("--mix-repeat", type=int, default=4)
+    p.add_argument("--out", required=True)
+    p.add_argument("--student-layers", type=int, default=15)
+    p.add_argument("--layer-selection", choices=("greedy", "even"), default="greedy")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--grad-accum", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--eval-tokens", type=int, default=262_144)
+    p.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a dry run (gloo)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -262,47 +282,26 @@ def main() -> None:
     pp.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "shared/data/corpus"))
     pp.add_argument("--out", required=True)
     pr = sub.add_parser("run")
+    training_flags(pr)
     pr.add_argument("--mode", choices=["kd", "ce"], required=True)
-    pr.add_argument("--teacher", required=True, help="SmolLM2-135M-Instruct .gguf or checkpoint dir")
-    pr.add_argument("--train", required=True, help="training text (prepare's output)")
     pr.add_argument("--wikitext", required=True, help="wiki.test.tokens")
-    pr.add_argument("--out", required=True)
     pr.add_argument("--work", default="/tmp/distill-bench")
-    pr.add_argument("--student-layers", type=int, default=15)
-    pr.add_argument("--layer-selection", choices=("greedy", "even"), default="greedy")
     pr.add_argument("--max-time", type=float, default=300.0, help="training seconds")
-    pr.add_argument("--seq-len", type=int, default=1024)
     pr.add_argument("--batch-size", type=int, default=8)
-    pr.add_argument("--grad-accum", type=int, default=4)
-    pr.add_argument("--lr", type=float, default=3e-4)
-    pr.add_argument("--warmup-steps", type=int, default=30)
     pr.add_argument("--loss", default="fkl")
     pr.add_argument("--temperature", type=float, default=1.0)
     pr.add_argument("--ce-weight", type=float, default=0.0)
-    pr.add_argument("--eval-tokens", type=int, default=262_144)
     pr.add_argument("--freeze-embeddings", action="store_true", help="train only the decoder layers")
     pr.add_argument("--wiki-tokens", type=int, default=32_768)
     pr.add_argument("--num-processes", type=int, default=1,
                     help="data-parallel GPUs (issue 8); --batch-size is per GPU, so halve it to keep the global batch")
-    pr.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a dry run")
     ps = sub.add_parser("scale", help="issue 8: one distillation on 1 and on N GPUs, same tokens")
-    ps.add_argument("--teacher", required=True)
-    ps.add_argument("--train", required=True)
-    ps.add_argument("--out", required=True)
+    training_flags(ps)
     ps.add_argument("--work", default="/tmp/distill-scale")
     ps.add_argument("--runs", nargs="+", default=["1", "2", "2:fsdp"],
                     help="PROCESSES[:ddp|fsdp] per run; the first is the baseline")
     ps.add_argument("--max-steps", type=int, default=300)
     ps.add_argument("--global-batch", type=int, default=8, help="sequences per micro-step over all processes")
-    ps.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a dry run (gloo)")
-    for a in (ps, pr):
-        a.add_argument("--mix", help="extra training text, weighted up (e.g. wiki.valid.tokens)")
-        a.add_argument("--mix-repeat", type=int, default=4)
-    for flag, kw in (("--student-layers", dict(type=int, default=15)), ("--seq-len", dict(type=int, default=1024)),
-                     ("--grad-accum", dict(type=int, default=4)), ("--lr", dict(type=float, default=3e-4)),
-                     ("--warmup-steps", dict(type=int, default=30)), ("--eval-tokens", dict(type=int, default=262_144)),
-                     ("--layer-selection", dict(choices=("greedy", "even"), default="greedy"))):
-        ps.add_argument(flag, **kw)
     pl = sub.add_parser("plot")
     pl.add_argument("results", nargs="+", help="JSON files written by run")
     pl.add_argument("--png", required=True)
