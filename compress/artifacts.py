@@ -9,7 +9,6 @@ a temporary sibling directory and renamed into place only when complete, so a fo
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from typing import Any, Iterator, Literal
 from pydantic import BaseModel, ConfigDict
 
 from compress.errors import CompressError
-from compress.formats import check_version, validate
+from compress.formats import check_version, load_json, validate
 
 METADATA_FILE = "compress.json"
 SCHEMA_VERSION = 1
@@ -58,10 +57,7 @@ def read_meta(directory: str | Path) -> ArtifactMeta:
     path = Path(directory, METADATA_FILE)
     if not path.is_file():
         raise CompressError(f"{directory} is not a compress artifact (no {METADATA_FILE})")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CompressError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from e
+    raw = load_json(path)
     check_version(raw if isinstance(raw, dict) else {}, path, SCHEMA_VERSION)
     return validate(ArtifactMeta, raw, path)
 

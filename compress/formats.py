@@ -42,15 +42,20 @@ def read_yaml_mapping(path: str | Path, what: str, not_mapping: str) -> dict:
     return raw
 
 
+def load_json(path: Path):
+    """A JSON file's content; a parse error is one CompressError line naming the file and line."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CompressError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from e
+
+
 def read_versioned_json(path: str | Path, kind: str, what: str, version: int) -> dict:
     """A JSON object with `kind` and `schema_version` as this compress writes them."""
     path = Path(path)
     if not path.is_file():
         raise CompressError(f"{what} not found: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CompressError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from e
+    raw = load_json(path)
     if not isinstance(raw, dict) or raw.get("kind") != kind:
         raise CompressError(f"{path} is not a compress {what} (kind != '{kind}')")
     check_version(raw, path, version)
