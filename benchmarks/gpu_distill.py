@@ -89,7 +89,7 @@ def distill_config(args, output: Path, **run_specific):
     return make_config(
         teacher=args.teacher, output=str(output), student_layers=args.student_layers, data=train_data(args),
         seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
-        eval_tokens=args.eval_tokens, layer_selection=args.layer_selection, device=args.device,
+        eval_tokens=args.eval_tokens, layer_selection=args.layer_selection, device=args.device, compile=args.compile,
         eval_every=0, save_every=0, seed=0, overwrite=True, progress=True, **run_specific,
     )
 
@@ -218,6 +218,8 @@ def label(r: dict) -> str:
     mix = r.get("train_data", "").split("; ")[0].split(" + ")[1:]  # e.g. ["wiki.valid.tokens x10"]
     extra = [f"{c['student_layers']}L", f"lr {c['lr']:g}"] + [m.replace(".tokens", "") for m in mix]
     extra += ["frozen emb"] if c.get("freeze_embeddings") else []
+    extra += [f"b{c['batch_size']}x{c['grad_accum']}"] if (c["batch_size"], c["grad_accum"]) != (8, 4) else []
+    extra += ["compiled"] if c.get("compile") else []
     extra += [f"{r['distill']['train_time_s']:.0f}s"]
     return f"{r['mode']} ({', '.join(extra)})"
 
@@ -273,6 +275,7 @@ def training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=30)
     p.add_argument("--eval-tokens", type=int, default=262_144)
     p.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a dry run (gloo)")
+    p.add_argument("--compile", action="store_true", help="torch.compile forwards and loss (compile time counts)")
 
 
 def main() -> None:

@@ -48,6 +48,8 @@ def distill(
     eval_every: Annotated[int, typer.Option(help="Validate every N steps (0: only at start and end).")] = 0,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never) into OUTPUT.checkpoints.")] = 0,
     grad_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward to save memory.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the forwards and the loss (faster on GPUs "
+                                          "after a compile of ~1 min that counts towards --max-time).")] = False,
     num_processes: Annotated[int, typer.Option(help="Data-parallel processes (GPUs, or gloo on CPU).")] = 1,
     parallel: Annotated[Parallel, typer.Option(help="How the processes share the student: ddp (each holds all of it) | fsdp (FSDP2: weights, gradients and optimizer state sharded per decoder layer). One process trains unsharded either way.")] = Parallel.ddp,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint of the same run.")] = False,
@@ -66,7 +68,7 @@ def distill(
         student_intermediate_size=student_intermediate_size, layer_selection=layer_selection, freeze_embeddings=freeze_embeddings, data=data or ["builtin"], loss=loss.value, beta=beta,
         temperature=temperature, ce_weight=ce_weight, top_k=top_k, max_time=max_time, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_tokens=eval_tokens,
-        save_every=save_every, grad_checkpointing=grad_checkpointing, num_processes=num_processes, parallel=parallel.value,
+        save_every=save_every, grad_checkpointing=grad_checkpointing, compile=compile, num_processes=num_processes, parallel=parallel.value,
         resume=resume,
         overwrite=overwrite, seed=seed, device=device, max_steps=max_steps,
     )

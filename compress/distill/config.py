@@ -13,7 +13,7 @@ from compress.errors import CompressError
 
 # Fields that do not change the training trajectory: a run may be resumed with different values.
 NOT_HASHED = {"output", "checkpoint_dir", "resume", "overwrite", "eval_every", "eval_tokens", "save_every",
-              "max_time", "progress", "device"}
+              "max_time", "progress", "device", "compile"}
 
 
 class DistillConfig(BaseModel):
@@ -54,6 +54,10 @@ class DistillConfig(BaseModel):
     eval_every: int = Field(default=0, ge=0)  # 0: validate only at the start and the end
     save_every: int = Field(default=0, ge=0)  # 0: no intermediate checkpoints
     grad_checkpointing: bool = False
+    # torch.compile the student and teacher forwards and the loss (fused kernels instead of a dozen
+    # full-vocabulary fp32 tensors per step). Same trajectory up to kernel rounding, so not hashed:
+    # a run may be resumed with or without it. The first steps pay the compile time.
+    compile: bool = False
     num_processes: int = Field(default=1, ge=1)
     # How N processes share the student (train.py): ddp = each holds all of it and gradients are averaged;
     # fsdp = FSDP2, weights, gradients and optimizer state sharded per decoder layer. One process: unsharded.

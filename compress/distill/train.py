@@ -46,6 +46,7 @@ from compress.distill.student import (check_not_larger, count_params, derive_stu
 from compress.errors import CompressError
 
 CKPT_PREFIX = "step-"
+WARM_STEPS = 5
 STATE_FILE = "state.json"
 
 
@@ -347,7 +348,7 @@ def _train(cfg: DistillConfig) -> DistillResult:
         acc.state.fsdp_plugin.transformer_cls_names_to_wrap = _fsdp_layer_classes(student)
 
     optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, fused=(on_cuda and not sharded) or None)
     state = {"run_hash": cfg.run_hash(), "config": cfg.model_dump(), "step": 0, "tokens_seen": 0,
              "train_time_s": 0.0, "history": [], "loss_curve": [], "initial": None}
     resume_from = latest_checkpoint(cfg.ckpt_dir) if cfg.resume and cfg.ckpt_dir.is_dir() else None
@@ -389,12 +390,19 @@ def _train(cfg: DistillConfig) -> DistillResult:
 
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * acc.num_processes
     need_teacher = cfg.ce_weight < 1.0
+    # Compiled callables for the training step only: validation runs eager on the same modules, so it
+    # does not recompile for its batch shapes and no-grad mode (see DistillConfig.compile).
+    student_fwd, teacher_fwd, loss_fn = model, teacher, distill_loss
+    if cfg.compile:
+        student_fwd, teacher_fwd = torch.compile(model, dynamic=False), torch.compile(teacher, dynamic=False)
+        loss_fn = torch.compile(distill_loss, dynamic=False)
     step, tokens_seen = state["step"], state["tokens_seen"]
     total = cfg.max_steps
     curve_every = max(1, (cfg.max_steps or 10_000) // 200)
     bar = tqdm(total=total, initial=step, desc=f"distill ({cfg.loss})", disable=not (main and cfg.progress),
                dynamic_ncols=True, unit="step")
     run_start, run_start_time_s, run_tokens = time.time(), state["train_time_s"], 0
+    warm, first_step = None, step  # warm: (time, tokens) WARM_STEPS steps into this process's run
     stopped_by_time = False
     while cfg.max_steps is None or step < cfg.max_steps:
         elapsed = _agree(acc, run_start_time_s + time.time() - run_start)
@@ -413,13 +421,13 @@ def _train(cfg: DistillConfig) -> DistillResult:
             sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext()
             with sync:
                 with acc.autocast():
-                    s_logits = model(input_ids=x).logits[:, :-1]  # [B, S-1, V]
+                    s_logits = student_fwd(input_ids=x).logits[:, :-1]  # [B, S-1, V]
                 t_logits = None
                 if need_teacher:
                     with torch.no_grad(), acc.autocast():
-                        t_logits = teacher(input_ids=x).logits[:, :-1]
-                out = distill_loss(s_logits, t_logits, labels, cfg.loss, cfg.beta, cfg.temperature,
-                                   cfg.ce_weight, cfg.top_k)
+                        t_logits = teacher_fwd(input_ids=x).logits[:, :-1]
+                out = loss_fn(s_logits, t_logits, labels, cfg.loss, cfg.beta, cfg.temperature,
+                               cfg.ce_weight, cfg.top_k)
                 acc.backward(out["loss"] / cfg.grad_accum)
             logs += torch.stack([out["loss"].detach(), out["kd"], out["ce"]]) / cfg.grad_accum
         acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -432,6 +440,8 @@ def _train(cfg: DistillConfig) -> DistillResult:
         if step % curve_every == 0 or step == 1:
             state["loss_curve"].append([step, round(loss, 5), round(kd, 5), round(ce, 5)])
         wall = time.time() - run_start
+        if warm is None and step - first_step == WARM_STEPS:
+            warm = (time.time(), run_tokens)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", kd=f"{kd:.4f}", ce=f"{ce:.3f}", lr=f"{lr:.2e}",
                         tok_s=f"{run_tokens / max(wall, 1e-9):,.0f}", refresh=False)
@@ -445,7 +455,8 @@ def _train(cfg: DistillConfig) -> DistillResult:
             state.update(step=step, tokens_seen=tokens_seen, train_time_s=run_start_time_s + time.time() - run_start)
             _save_checkpoint(acc, cfg, model, optimizer, state)
     bar.close()
-    train_time = run_start_time_s + time.time() - run_start
+    loop_end = time.time()
+    train_time = run_start_time_s + loop_end - run_start
     state.update(step=step, tokens_seen=tokens_seen, train_time_s=train_time)
     if stopped_by_time and cfg.save_every:
         _save_checkpoint(acc, cfg, model, optimizer, state)
@@ -454,6 +465,9 @@ def _train(cfg: DistillConfig) -> DistillResult:
     metrics = {
         "steps": step, "tokens_seen": tokens_seen, "train_time_s": round(train_time, 2),
         "tokens_per_s": round(run_tokens / max(train_time - run_start_time_s, 1e-9), 1),  # final eval excluded
+        # the same past the first WARM_STEPS steps (compilation, allocator and cuDNN warm-up); None if too short
+        "tokens_per_s_steady": round((run_tokens - warm[1]) / max(loop_end - warm[0], 1e-9), 1)
+        if warm is not None and run_tokens > warm[1] else None,
         "stopped_by": "max_time" if stopped_by_time else "max_steps",
         "teacher_ppl": teacher_ppl, "initial_student_ppl": state["initial"]["student_ppl"],
         "student_ppl": final["student_ppl"], "ppl_ratio": final["student_ppl"] / teacher_ppl,
