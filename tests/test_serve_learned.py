@@ -67,6 +67,8 @@ def test_training_separates_the_families_and_auto_routes_them():
     assert (small.rows, small.prompts, large.rows) == (80, distinct, 80) and distinct < 80 and not small.constant
     assert small.cv_folds == 5 and small.cv_accuracy >= 0.9 > small.majority_accuracy  # held out, better than a guess
     assert small.train_accuracy >= 0.9
+    # The penalty is chosen per tier: the prompt predicts the small tier's success, not the large one's.
+    assert small.l2 < large.l2 == max(TrainConfig().l2_grid)
     assert train_router(outcomes()).tiers == rf.tiers  # deterministic
 
     from compress.serve.learned import LearnedRouter
@@ -199,12 +201,13 @@ def test_cli_router_train_and_manifest_router(tmp_path, tiny_model, capsys):
     constant = _write_outcomes(tmp_path / "more.jsonl", [Outcome("hello", "other", False)])
     out = tmp_path / "r" / "router.json"
     with pytest.raises(SystemExit) as e:
-        main(["router", "train", str(data), str(constant), "--output", str(out), "--folds", "4"])
+        main(["router", "train", str(data), str(constant), "--output", str(out), "--folds", "4", "--l2", "0.5"])
     assert e.value.code in (0, None)
     printed = capsys.readouterr().out
-    assert "tiny" in printed and "4-fold" in printed and "note: other was never right" in printed
+    assert "tiny" in printed and "note: other was never right here: a constant prediction" in printed
     rf = load_router(out)
     assert list(rf.tiers) == ["tiny", "big", "other"] and rf.file.training.folds == 4
+    assert [m.stats.l2 for m in rf.file.tiers.values()] == [0.5, 0.5, None]  # given, not searched; constant
     assert rf.file.sources == [str(data), str(constant)]
 
     (tmp_path / "empty.jsonl").write_text("")

@@ -24,7 +24,7 @@ def train(
     outcomes: Annotated[list[Path], typer.Argument(help='JSONL files of {"prompt", "tier", "correct"} rows (optional "max_tokens").')],
     output: Annotated[Path, typer.Option("--output", "-o", help="router.json to write.")],
     manifest: Annotated[Optional[Path], typer.Option(help="Check the outcome tiers against this manifest's tiers.")] = None,
-    l2: Annotated[float, typer.Option(help="L2 penalty (larger = flatter predictions).")] = 1e-3,
+    l2: Annotated[Optional[float], typer.Option(help="L2 penalty, as scikit-learn's 1/C (larger = predictions closer to each tier's success rate); default: chosen per tier by cross-validation.")] = None,
     hash_bits: Annotated[int, typer.Option(help="Hashed n-gram buckets: 2^N.")] = 14,
     folds: Annotated[int, typer.Option(help="Cross-validation folds for the held-out accuracy.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds.")] = 0,
@@ -37,7 +37,6 @@ def train(
     console.print(router_table(router))
     for name, m in router.tiers.items():
         if m.stats.constant:
-            console.print(f"note: {name} was {'always' if m.stats.success_rate >= 0.5 else 'never'} right in these "
-                          f"outcomes: it gets a constant prediction ({m.stats.success_rate:.2f} success)",
-                          highlight=False)
+            console.print(f"note: {name} was {'always' if m.stats.success_rate >= 0.5 else 'never'} right here: "
+                          f"a constant prediction", highlight=False)
     console.print(f"wrote {output}")

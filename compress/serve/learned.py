@@ -11,13 +11,16 @@ share answered correctly as its target.
 
 Features (one sparse vector per prompt): hashed character n-grams (2-5, lowercased, whitespace
 collapsed) and word uni/bigrams, each group's counts scaled to unit length, in 2^hash_bits signed
-buckets (fixed hash functions: the same buckets in every process, unlike Python's hash()); then router.py's prompt features (length, answer
-length, reasoning cues, code, maths) and a one-hot bucket of the requested max_tokens.
+buckets (fixed hash functions: the same buckets in every process, unlike Python's hash()); then
+router.py's prompt features (length, answer length, reasoning cues, code, maths) and a one-hot
+bucket of the requested max_tokens.
 
 Model: one logistic regression per tier with an L2 penalty, fitted by L-BFGS in numpy from zero
-weights (deterministic; the seed only orders the cross-validation folds). A tier whose outcomes are
-all correct or all wrong gets a constant predictor (its smoothed success rate), and says so in its
-stats. Thousands of rows train in well under a second.
+weights (deterministic; the seed only draws the cross-validation folds). The penalty is chosen per
+tier by k-fold cross-validated log loss (a tier whose success the prompt does not predict ends up
+near its success rate; one whose success it does, confident), unless given. A tier whose outcomes
+are all correct or all wrong gets a constant predictor (its smoothed success rate), and says so in
+its stats. Training on a few thousand rows takes about a second on one CPU core.
 
 `router.json` (kind "compress-router", schema_version 1): the feature config, the training
 settings, per tier the bias and its non-zero weights (bucket index -> weight) and its stats (rows,
@@ -53,7 +56,7 @@ class _Strict(BaseModel):
 
 
 class FeatureConfig(_Strict):
-    hash_bits: int = Field(14, ge=8, le=24)  # 16,384 buckets: few collisions for prompts of a few hundred n-grams
+    hash_bits: int = Field(14, ge=8, le=20)  # 16,384 buckets: few collisions for prompts of a few hundred n-grams
     char_ngrams: tuple[int, int] = (2, 5)  # shortest and longest character n-gram
     word_ngrams: tuple[int, int] = (1, 2)
     max_tokens_buckets: list[int] = [8, 32, 128, 512]  # upper bounds; one more bucket above the last
@@ -71,7 +74,16 @@ class FeatureConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    l2: float = Field(1e-3, gt=0)  # penalty on the mean log loss; larger = flatter predictions
+    # L2 penalty as in scikit-learn's LogisticRegression (l2 = 1/C): sum of the rows' log losses +
+    # l2/2 |w|^2, so a few rows are held close to the base rate and many rows may say more. None:
+    # chosen per tier from l2_grid by cross-validated log loss (a tier whose outcomes the prompt
+    # does not predict gets a large one: near its success rate; one that it does, a small one).
+    l2: float | None = Field(None, gt=0)
+    l2_grid: list[float] = [0.1, 1.0, 10.0]
+    default_l2: float = Field(1.0, gt=0)  # l2 None, but too few rows to cross-validate or too many to search
+    # Above this many distinct prompts a tier gets default_l2: the search would take seconds, and
+    # with that much data the penalty matters less.
+    search_max_prompts: int = 500
     folds: int = Field(5, ge=2)  # cross-validation folds (over distinct prompts)
     seed: int = 0
     max_iter: int = Field(200, ge=1)
@@ -84,8 +96,9 @@ class TierStats(_Strict):
     constant: bool  # one class only: the prediction is the smoothed success rate for every prompt
     train_accuracy: float
     majority_accuracy: float  # always predicting the more common outcome
+    l2: float | None = None  # the penalty used (None: constant)
     cv_accuracy: float | None = None  # None: too few prompts of each class to hold some out
-    cv_folds: int | None = None
+    cv_folds: int | None = None  # (with l2 chosen on the same folds, slightly optimistic)
 
 
 class TierModel(_Strict):
@@ -222,9 +235,11 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def fit_logistic(X: _Rows, y: np.ndarray, n: np.ndarray, l2: float, max_iter: int = 200) -> tuple[np.ndarray, float]:
-    """Weights [columns] and bias minimising mean_i n_i * logloss(y_i, sigmoid(x_i.w + b)) + l2/2 |w|^2,
-    by L-BFGS (memory 10, backtracking Armijo line search) from w = 0, b = logit(mean y)."""
+    """Weights [columns] and bias minimising sum_i n_i * logloss(y_i, sigmoid(x_i.w + b)) + l2/2 |w|^2
+    (divided by sum n: the same minimum, better scaled), by L-BFGS (memory 10, backtracking Armijo
+    line search) from w = 0, b = logit(mean y)."""
     total = n.sum()
+    l2 = l2 / total
     rate = float((n * y).sum() / total)
     theta = np.zeros(len(X.columns) + 1)
     theta[-1] = math.log((rate + 1e-3) / (1 - rate + 1e-3))
@@ -254,8 +269,9 @@ def fit_logistic(X: _Rows, y: np.ndarray, n: np.ndarray, l2: float, max_iter: in
             q += (a - (yv @ q) / (yv @ s)) * s
         d = -q
         slope = g @ d
-        if slope >= 0:  # not a descent direction: restart from the gradient
-            s_hist.clear(), y_hist.clear()
+        if slope >= 0:  # not a descent direction: forget the curvature pairs, follow the gradient
+            s_hist.clear()
+            y_hist.clear()
             d, slope = -g, -(g @ g)
         step = 1.0
         while True:
@@ -264,15 +280,19 @@ def fit_logistic(X: _Rows, y: np.ndarray, n: np.ndarray, l2: float, max_iter: in
             if f_new <= f + 1e-4 * step * slope or step < 1e-10:
                 break
             step *= 0.5
-        if f - f_new < 1e-6 * max(1.0, abs(f)):  # converged for routing purposes (accuracy stops moving)
-            theta, f, g = new, f_new, g_new
+        if f_new > f:  # no decrease even for a tiny step: at the numerical floor
             break
+        converged = f - f_new < 1e-6 * max(1.0, abs(f))  # for routing: accuracy has stopped moving
         s, yv = new - theta, g_new - g
         if s @ yv > 1e-12:
-            s_hist.append(s), y_hist.append(yv)
+            s_hist.append(s)
+            y_hist.append(yv)
             if len(s_hist) > 10:
-                s_hist.pop(0), y_hist.pop(0)
+                s_hist.pop(0)
+                y_hist.pop(0)
         theta, f, g = new, f_new, g_new
+        if converged:
+            break
     return theta[:-1], float(theta[-1])
 
 
@@ -290,27 +310,41 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def _fit_tier(X: _Rows, y: np.ndarray, n: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, float, bool]:
+def _one_class(y: np.ndarray, n: np.ndarray) -> bool:
     k = (y * n).sum()
-    if k <= 0 or k >= n.sum():
-        return np.zeros(len(X.columns)), _logit(_constant_p(y, n)), True
-    w, b = fit_logistic(X, y, n, cfg.l2, cfg.max_iter)
-    return w, b, False
+    return k <= 0 or k >= n.sum()
 
 
-def _cross_validate(X: _Rows, y: np.ndarray, n: np.ndarray, cfg: TrainConfig) -> tuple[float | None, int | None]:
-    """k-fold accuracy over distinct prompts (folds drawn with the seed), or None with too few of a class."""
+def _log_loss(p: np.ndarray, y: np.ndarray, n: np.ndarray) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-(n * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / n.sum())
+
+
+def _cross_validate(X: _Rows, y: np.ndarray, n: np.ndarray, cfg: TrainConfig) -> tuple[float, float, int] | None:
+    """(l2, accuracy, folds): k-fold over distinct prompts (folds drawn with the seed); l2 = the given
+    one (or the default), or the grid's best by held-out log loss. None with too few prompts of a
+    class to hold out."""
     folds = min(cfg.folds, int((y > 0.5).sum()), int((y <= 0.5).sum()))
     if folds < 2 or X.n < 10:
-        return None, None
+        return None
+    if cfg.l2 is not None or X.n > cfg.search_max_prompts:
+        grid = [cfg.l2 or cfg.default_l2]
+    else:
+        grid = sorted(cfg.l2_grid, reverse=True)  # flattest first: ties go to it
     fold_of = np.empty(X.n, dtype=np.int64)
     fold_of[np.random.default_rng(cfg.seed).permutation(X.n)] = np.arange(X.n) % folds
-    p = np.empty(X.n)
+    p = np.empty((len(grid), X.n))
     for k in range(folds):
         tr, te = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
-        w, b, _ = _fit_tier(X.subset(tr), y[tr], n[tr], cfg)
-        p[te] = _sigmoid(X.subset(te).dot(w) + b)
-    return _accuracy(p, y, n), folds
+        Xtr, Xte = X.subset(tr), X.subset(te)
+        if _one_class(y[tr], n[tr]):
+            p[:, te] = _constant_p(y[tr], n[tr])
+            continue
+        for j, l2 in enumerate(grid):
+            w, b = fit_logistic(Xtr, y[tr], n[tr], l2, cfg.max_iter)
+            p[j, te] = _sigmoid(Xte.dot(w) + b)
+    best = int(np.argmin([_log_loss(pj, y, n) for pj in p]))  # ties: the flatter
+    return grid[best], _accuracy(p[best], y, n), folds
 
 
 def train_router(rows: list[Outcome], features: FeatureConfig = FeatureConfig(),
@@ -335,14 +369,19 @@ def train_router(rows: list[Outcome], features: FeatureConfig = FeatureConfig(),
         X = X_all.subset(sel)
         n = np.array([counts[i][1] for i in sel], dtype=np.float64)
         y = np.array([counts[i][0] for i in sel], dtype=np.float64) / n
-        w, b, constant = _fit_tier(X, y, n, training)
+        constant = _one_class(y, n)
+        cv = None if constant else _cross_validate(X, y, n, training)
+        l2 = None if constant else cv[0] if cv else training.l2 or training.default_l2
+        if constant:
+            w, b = np.zeros(len(X.columns)), _logit(_constant_p(y, n))
+        else:
+            w, b = fit_logistic(X, y, n, l2, training.max_iter)
         p = _sigmoid(X.dot(w) + b)
         rate = float((y * n).sum() / n.sum())
-        cv, folds = (None, None) if constant else _cross_validate(X, y, n, training)
         nz = np.flatnonzero(w != 0)
         stats = TierStats(rows=int(n.sum()), prompts=len(sel), success_rate=round(rate, 6), constant=constant,
                           train_accuracy=round(_accuracy(p, y, n), 6), majority_accuracy=round(max(rate, 1 - rate), 6),
-                          cv_accuracy=None if cv is None else round(cv, 6), cv_folds=folds)
+                          l2=l2, cv_accuracy=round(cv[1], 6) if cv else None, cv_folds=cv[2] if cv else None)
         tiers[tier] = TierModel(bias=b, indices=X.columns[nz].tolist(), stats=stats,
                                 values=[float(f"{v:.7g}") for v in w[nz]])  # 7 digits: plenty for a probability
     return RouterFile(created_at=now_iso(), sources=list(sources), features=features, training=training, tiers=tiers)
@@ -383,7 +422,7 @@ def read_outcomes(paths: Iterable[str | Path]) -> list[Outcome]:
     return rows
 
 
-def train_router_files(paths: list[str | Path], *, hash_bits: int = 14, l2: float = 1e-3, folds: int = 5,
+def train_router_files(paths: list[str | Path], *, hash_bits: int = 14, l2: float | None = None, folds: int = 5,
                        seed: int = 0, manifest: str | Path | None = None) -> RouterFile:
     """`compress router train`: read the outcome files, train; with `manifest`, its tiers must cover them."""
     features = validate(FeatureConfig, {"hash_bits": hash_bits}, "--hash-bits")
@@ -401,17 +440,19 @@ def train_router_files(paths: list[str | Path], *, hash_bits: int = 14, l2: floa
 
 
 def router_table(router: RouterFile):
-    """Per tier training stats as a rich table."""
+    """Per tier training stats as a rich table (accuracies: share of outcome rows predicted right)."""
     from rich.table import Table
 
-    t = Table(title="router: predicted success per tier")
-    for col in ("tier", "rows", "prompts", "success", "train acc", "CV acc", "majority acc", "model"):
-        t.add_column(col, justify="left" if col in ("tier", "model") else "right")
+    t = Table(title="router: P(correct | prompt) per tier", box=None, pad_edge=False,
+              caption="train/CV/majority: share of rows predicted right; CV: k-fold (k)")
+    for col in ("tier", "rows", "prompts", "success", "train", "CV", "majority", "l2", "weights"):
+        t.add_column(col, justify="left" if col == "tier" else "right", no_wrap=True)
     for name, m in router.tiers.items():
         s = m.stats
-        cv = "-" if s.cv_accuracy is None else f"{s.cv_accuracy:.3f} ({s.cv_folds}-fold)"
+        cv = "-" if s.cv_accuracy is None else f"{s.cv_accuracy:.3f} ({s.cv_folds})"
         t.add_row(name, str(s.rows), str(s.prompts), f"{s.success_rate:.3f}", f"{s.train_accuracy:.3f}", cv,
-                  f"{s.majority_accuracy:.3f}", "constant" if s.constant else f"{len(m.indices)} weights")
+                  f"{s.majority_accuracy:.3f}", "-" if s.l2 is None else f"{s.l2:g}",
+                  "const" if s.constant else str(len(m.indices)))
     return t
 
 
