@@ -131,6 +131,8 @@ class Router:
         p = self.learned.predict(prompt, max_tokens)
         p = {t.name: p[t.name] for t in self.manifest.tiers if t.name in p}  # manifest (cost) order
         bar = keep * max(p.values())
+        if len(p) == len(self.manifest.tiers):
+            need = None  # every tier has a classifier: the heuristic's need plays no part
         fit = [t for t in self.manifest.tiers
                if (p[t.name] >= bar - 1e-12 if t.name in p
                    else need is not None and self.quality[t.name] is not None
