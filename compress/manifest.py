@@ -7,6 +7,11 @@ a cost per 1k generated tokens (price per hour / measured tokens per second, or 
 remote tier is any OpenAI-compatible endpoint (vLLM, SGLang, another `compress serve`) that the
 server proxies. Anything not measured is null ("unknown"), never guessed.
 
+The manifest may name a learned router (`router: router.json`, a path relative to the manifest
+file; `compress router train` makes one, `compress manifest --router` sets it): `model: "auto"`
+then routes by each tier's predicted success (compress/serve/learned.py). Manifests without it are
+read as before.
+
 The manifest may also state service-level objectives per traffic class (`slo: {interactive: {p95_s:
 2.0}, batch: {p95_s: 60}}`): end-to-end p95 targets that `compress serve` keeps (its flags override).
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -92,6 +98,9 @@ class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
     currency: str = "USD"
     slo: dict[TrafficClass, SLO] = {}  # optional; `compress serve --slo-p95 ...` overrides per class
+    # Optional learned router (router.json). In the file: relative to the manifest file's folder;
+    # in memory (after load_manifest/build_manifest): an absolute path.
+    router: str | None = None
     tiers: list[Tier]
 
     def tier(self, name: str) -> LocalTier | RemoteTier | None:
@@ -246,9 +255,10 @@ def _split_pairs(pairs: list[str], what: str) -> dict[str, str]:
 
 def build_manifest(models: list[str], *, names: list[str] = (), costs: list[str] = (), api_key_envs: list[str] = (),
                    price_per_gpu_hour: float | None = None, price_per_cpu_hour: float | None = None,
-                   currency: str = "USD", slos: list[str] = ()) -> Manifest:
+                   currency: str = "USD", slos: list[str] = (), router: str | Path | None = None) -> Manifest:
     """One tier per MODEL (a checkpoint/artifact dir, a .gguf, or `URL#MODEL_ID` for a remote
-    OpenAI-compatible endpoint), ordered cheapest first (unknown cost last, then by size)."""
+    OpenAI-compatible endpoint), ordered cheapest first (unknown cost last, then by size); `router`:
+    a router.json for `auto` (its tiers must be among these)."""
     if not models:
         raise CompressError("give at least one model, artifact or remote URL#MODEL")
     name_of = {v: k for k, v in _split_pairs(list(names), "--name").items()}
@@ -284,6 +294,11 @@ def build_manifest(models: list[str], *, names: list[str] = (), costs: list[str]
             raise CompressError(f"--slo {cls}={value}: expected a positive number of seconds") from None
     manifest = validate(Manifest, {"currency": currency, "slo": slo, "tiers": tiers}, "--slo")
     _check(manifest, "manifest")
+    if router is not None:
+        from compress.serve.learned import load_router
+
+        load_router(router, [t.name for t in manifest.tiers])  # fails here, not when serving
+        manifest.router = str(Path(router).resolve())  # made relative to the manifest when written
     return manifest
 
 
@@ -302,9 +317,12 @@ def _check(m: Manifest, where: str) -> None:
 def write_manifest(m: Manifest, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    raw = m.model_dump(mode="json", exclude={"router"} if m.router is None else None)
+    if m.router is not None:  # stored relative to the manifest, so the two can move together
+        raw["router"] = os.path.relpath(Path(m.router).resolve(), path.parent.resolve())
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("# compress tier manifest: cheapest tier first; null = not measured\n"
-                   + yaml.safe_dump(m.model_dump(mode="json"), sort_keys=False))
+                   + yaml.safe_dump(raw, sort_keys=False))
     tmp.replace(path)
     return path
 
@@ -316,6 +334,10 @@ def load_manifest(path: str | Path) -> Manifest:
     check_version(raw, path, SCHEMA_VERSION)
     m = validate(Manifest, raw, path)
     _check(m, str(path))
+    if m.router is not None:
+        m.router = str((path.parent / m.router).resolve())  # an absolute path in the file stays as it is
+        if not Path(m.router).is_file():
+            raise CompressError(f"{path}: router not found at {m.router}")
     for t in m.tiers:
         if isinstance(t, LocalTier) and not (Path(t.path) / "config.json").is_file():
             raise CompressError(f"{path}: tier {t.name!r}: artifact not found at {t.path}")

@@ -26,6 +26,7 @@ def serve(
     cache_max_mb: Annotated[float, typer.Option(help="Response cache bound (LRU), in MiB.")] = 64.0,
     cache_db: Annotated[Optional[Path], typer.Option(help="SQLite file for the response cache, shared by replicas (default: in-process).")] = None,
     route_floor: Annotated[float, typer.Option(help="`auto`: quality (relative to the best tier) the easiest requests accept.")] = 0.8,
+    route_keep: Annotated[float, typer.Option(help="`auto` with a learned router (the manifest's router:): the cheapest tier whose predicted success is at least this share of the best tier's.")] = 0.95,
     slo_p95: Annotated[Optional[float], typer.Option(help="Interactive p95 end-to-end target in seconds (overrides the manifest's slo); enables the SLO controller.")] = None,
     slo_batch_p95: Annotated[Optional[float], typer.Option(help="Batch-class p95 end-to-end target in seconds (overrides the manifest's slo); tracked and reported.")] = None,
     budget_tokens: Annotated[Optional[int], typer.Option(help="Global token budget per --budget-window.")] = None,
@@ -43,9 +44,10 @@ def serve(
     from compress.serve.budget import BudgetConfig
     from compress.serve.app import serve as run
 
-    if max_batch < 1 or max_queue < 0 or max_wait_ms < 0 or cache_ttl < 0 or not 0 <= route_floor <= 1:
+    if (max_batch < 1 or max_queue < 0 or max_wait_ms < 0 or cache_ttl < 0 or not 0 <= route_floor <= 1
+            or not 0 <= route_keep <= 1):
         raise CompressError("--max-batch must be >= 1; --max-queue, --max-wait-ms, --cache-ttl >= 0; "
-                            "--route-floor in [0, 1]")
+                            "--route-floor and --route-keep in [0, 1]")
     if (slo_p95 is not None and slo_p95 <= 0) or (slo_batch_p95 is not None and slo_batch_p95 <= 0):
         raise CompressError("--slo-p95 and --slo-batch-p95 must be > 0 seconds")
     slos = {c: v for c, v in (("interactive", slo_p95), ("batch", slo_batch_p95)) if v is not None}
@@ -68,6 +70,6 @@ def serve(
                              api_keys=keys, rate_limit_rpm=rate_limit_rpm, device=device or runtime.default_device(),
                              cache_ttl_s=cache_ttl, cache_max_bytes=int(cache_max_mb * (1 << 20)),
                              cache_db=str(cache_db) if cache_db else None,
-                             route_floor=route_floor, slo_p95_s=slos, alert_webhook=alert_webhook,
+                             route_floor=route_floor, route_keep=route_keep, slo_p95_s=slos, alert_webhook=alert_webhook,
                              budget=budget)
     run(str(manifest), settings, host=host, port=port, shutdown_timeout_s=shutdown_timeout)

@@ -52,6 +52,7 @@ class ServeSettings:
     cache_max_bytes: int = 64 << 20
     cache_db: str | None = None  # a SQLite file shared by replicas; None: in-process cache
     route_floor: float = 0.8  # `auto`: the easiest requests accept tiers within this of the best quality
+    route_keep: float = 0.95  # `auto` with a learned router: a tier's predicted success >= this x the best's
     slo_p95_s: dict[str, float] = field(default_factory=dict)  # class -> p95 target; overrides the manifest's
     budget: BudgetConfig | None = None  # None: no budgets
     rate_limit_rpm: int | None = None  # requests per minute per API key; None: unlimited
@@ -61,7 +62,12 @@ class ServeSettings:
 def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, AsyncEngine] | None = None) -> FastAPI:
     """The app; local tiers' engines are loaded at startup (before the port opens) unless given."""
     metrics = ServeMetrics() if not engines else next(iter(engines.values())).metrics
-    router = Router(manifest, floor=settings.route_floor)
+    learned = None
+    if manifest.router is not None:
+        from compress.serve.learned import load_router
+
+        learned = load_router(manifest.router, [t.name for t in manifest.tiers])
+    router = Router(manifest, floor=settings.route_floor, learned=learned, keep=settings.route_keep)
     cache = (SqliteResponseCache(settings.cache_db, settings.cache_max_bytes) if settings.cache_db
              else ResponseCache(settings.cache_max_bytes))
     targets = {**{c: s.p95_s for c, s in manifest.slo.items()}, **settings.slo_p95_s}
@@ -213,7 +219,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
                 retry = int(window - (time.time() - budget.start) % window) + 1
                 raise APIError(429, f"budget exceeded: {why}", type="rate_limit_error", code="budget_exceeded",
                                headers={"Retry-After": str(retry)})
-        floor = None
+        floor = keep = None
         if slo is not None:
             now = time.monotonic()
             for c in CLASSES:
@@ -223,16 +229,15 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
             for eng in engines_():
                 eng.core.batcher.max_wait_s = settings.max_wait_ms / 1000 * slo.wait_scale(now)
             floor = slo.route_floor(settings.route_floor, now)
-        decision = router.route(req.model, prompt_text, _requested_tokens(req), floor=floor)
+            keep = slo.route_floor(settings.route_keep, now)
+        decision = router.route(req.model, prompt_text, _requested_tokens(req), floor=floor, keep=keep)
         if slo is not None and not slo.admit(cls, now):
             metrics.shed.labels(decision.tiers[0].name, cls).inc()
             raise APIError(503, f"shedding {cls} load to keep interactive p95 under "
                            f"{targets['interactive']:g} s; retry later", type="server_error",
                            code="slo_shed", headers={"Retry-After": "2"})
         if decision.difficulty is not None:
-            log.info("route %s: difficulty %.2f needs quality %s -> %s", req.model, decision.difficulty,
-                     "any" if decision.required_quality is None else f"{decision.required_quality:.2f}",
-                     ", ".join(t.name for t in decision.tiers))
+            log.info("route %s: %s", req.model, decision.describe())
         body = req.model_dump(exclude_unset=True)
         pol = cache_mod.policy(request.headers.get("cache-control"), settings.cache_ttl_s,
                                deterministic=req.temperature == 0 and settings.cache_ttl_s > 0)

@@ -6,8 +6,9 @@ rolling p95 of each class over the last `window_s` seconds and, for each class w
 state from p95 / target:
 
   ratio < tight_at            OK     normal batching waits and routing
-  tight_at <= ratio < shed_at TIGHT  no batching wait (requests start at once), `auto` routes with a
-                                     lower quality floor (smaller, faster tiers)
+  tight_at <= ratio < shed_at TIGHT  no batching wait (requests start at once), `auto` routes with
+                                     lower thresholds (the heuristic's quality floor, the learned
+                                     router's keep): smaller, faster tiers
   ratio >= shed_at            SHED   also refuses new batch-class requests (503 + Retry-After)
   ratio >= 1                  BREACH also refuses new interactive requests until p95 comes back
 
@@ -41,7 +42,7 @@ class SLOConfig:
     tight_at: float = 0.6
     shed_at: float = 0.85
     min_samples: int = 5  # below this many recent samples the p95 is not trusted: state OK
-    floor_drop: float = 0.15  # how far TIGHT lowers the router's quality floor
+    floor_drop: float = 0.15  # how far TIGHT lowers the router's thresholds (quality floor, keep)
 
 
 class SLOController:
@@ -92,4 +93,5 @@ class SLOController:
         return 1.0 if self.state(now) == State.OK else 0.0
 
     def route_floor(self, base: float, now: float) -> float:
+        """A routing threshold (the heuristic's floor or the learned router's keep) under the current state."""
         return base if self.state(now) == State.OK else max(0.0, base - self.config.floor_drop)
