@@ -52,11 +52,17 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from compress.serve.slo import SLOConfig  # noqa: E402
 from benchmarks.serve_load import free_port, percentile, wait_healthy  # noqa: E402
 
 SLO_S = 2.0
 TASK = REPO / "evals" / "route_mixed" / "test.jsonl"
 NO_STORE = {"cache-control": "no-store"}
+
+
+def _pythonpath() -> str:
+    """This repository first, then the caller's path (e.g. wheels unpacked on a GPU machine)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 def first_word(text: str) -> str:
@@ -77,7 +83,7 @@ class Server:
     def __init__(self, manifest: Path, log: Path, *args: str, device: str = "cpu"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "compress", "serve", str(manifest), "--port",
                                       str(self.port), "--device", device, *args],
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -283,7 +289,7 @@ def main() -> None:
                         "--price-per-cpu-hour", str(args.price_per_hour),
                         *(["--slo", f"interactive={SLO_S}"] if slo else []),
                         *(["--router", str(router)] if router else [])], check=True, cwd=REPO,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+                       env={**os.environ, "PYTHONPATH": _pythonpath()})
 
     # Measured without an SLO: a slow tier's own timing requests must not make the controller shed its eval.
     write_manifest(slo=False)
@@ -322,7 +328,8 @@ def main() -> None:
                 summary = {"rate": rate, **summarize(answers)}
                 res["runs"][policy].append(summary)
                 print(policy, json.dumps(summary), flush=True)
-                time.sleep(3)  # let the SLO window see a quiet moment between runs
+                # Each (policy, rate) starts from a fresh SLO state: wait out the controller's window.
+                time.sleep(SLOConfig().window_s + 1)
     finally:
         s.stop()
     res["auto_vs_largest"] = compare(res["runs"])

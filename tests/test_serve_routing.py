@@ -128,8 +128,14 @@ def test_slo_controller_tightens_sheds_and_recovers():
     assert c.state(8.0) == State.SHED and not c.admit("batch", 8.0) and c.admit("interactive", 8.0)
     for i in range(40):
         c.observe("interactive", 2.5, now=8.5 + i * 0.01)
-    assert c.state(9.0) == State.BREACH and not c.admit("interactive", 9.0)
-    assert c.state(30.0) == State.OK and c.admit("batch", 30.0)  # the window moved on: recovered
+    assert c.state(9.0) == State.BREACH and not c.admit("batch", 9.0)
+    assert c.admit("interactive", 9.0)  # a probe
+    assert not c.admit("interactive", 9.2) and c.admit("interactive", 9.5)  # one per probe_every_s (0.5 s)
+    for i in range(5):  # the probes come back fast: recovered, though the window still holds 2.5 s samples
+        c.observe("interactive", 0.3, now=10.0 + i * 0.8)
+    assert c.state(13.5) == State.BREACH  # the last 5 s (recent_s) still hold slow completions
+    assert c.p95("interactive", 14.0) == 2.5 and c.state(14.0) == State.OK and c.admit("batch", 14.0)
+    assert c.state(30.0) == State.OK and c.admit("batch", 30.0)  # the window moved on
     for i in range(20):
         c.observe("interactive", 0.3, now=31.0 + i * 0.1)
     assert c.state(33.0) == State.OK

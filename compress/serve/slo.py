@@ -10,13 +10,20 @@ state from p95 / target:
                                      lower thresholds (the heuristic's quality floor, the learned
                                      router's keep): smaller, faster tiers
   ratio >= shed_at            SHED   also refuses new batch-class requests (503 + Retry-After)
-  ratio >= 1                  BREACH also refuses new interactive requests until p95 comes back
+  ratio >= 1                  BREACH also refuses new interactive requests, except one probe per
+                                     `probe_every_s` that measures the current latency
 
 The interactive state drives the actions (interactive is the protected class; batch work only fills
 idle capacity). A batch target is tracked and reported (its state is a metric) but never sheds
-interactive work. Recovery is automatic: as latencies of new completions fall, so does the rolling
-p95 (and with no recent samples the state is OK). Pure logic with an injectable clock; app.py wires
-it in.
+interactive work.
+
+Recovery is automatic and does not wait for the window to forget an overload: when the completions
+of the last `recent_s` seconds (at least `min_samples` of them: probes, the drained backlog) have a
+p95 under `tight_at` x target, the state is OK again even though the window still holds the slow
+ones. Without the probes, a BREACH that refuses every request would get no new samples and would
+last a whole window after the load had gone (seen on the GPU: 30 s of 503s at a light load right
+after an overload). With no recent samples at all the state is OK. Pure logic with an injectable
+clock; app.py wires it in.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class SLOConfig:
     tight_at: float = 0.6
     shed_at: float = 0.85
     min_samples: int = 5  # below this many recent samples the p95 is not trusted: state OK
+    recent_s: float = 5.0  # fast completions this recent end a TIGHT/SHED/BREACH state early
+    probe_every_s: float = 0.5  # in BREACH, one interactive request per this interval is let through
     floor_drop: float = 0.15  # how far TIGHT lowers the router's thresholds (quality floor, keep)
 
 
@@ -50,21 +59,24 @@ class SLOController:
         self.config = config
         self._samples: dict[str, deque[tuple[float, float]]] = {}  # class -> (time, latency)
         self._lock = threading.Lock()
+        self._last_probe = -math.inf
 
     def observe(self, cls: str, latency_s: float, now: float) -> None:
         with self._lock:
             self._samples.setdefault(cls, deque()).append((now, latency_s))
 
-    def p95(self, cls: str, now: float) -> float | None:
+    def p95(self, cls: str, now: float, span_s: float | None = None) -> float | None:
+        """p95 latency of `cls` over the last `span_s` seconds (default: the window); None when too few."""
         with self._lock:
             q = self._samples.get(cls)
             if not q:
                 return None
             while q and q[0][0] < now - self.config.window_s:
                 q.popleft()
-            if len(q) < self.config.min_samples:
-                return None
-            xs = sorted(lat for _, lat in q)
+            span = self.config.window_s if span_s is None else span_s
+            xs = sorted(lat for t, lat in q if t >= now - span)
+        if len(xs) < self.config.min_samples:
+            return None
         return xs[min(len(xs) - 1, math.ceil(0.95 * len(xs)) - 1)]
 
     def state(self, now: float, cls: str = "interactive") -> State:
@@ -74,6 +86,10 @@ class SLOController:
         if p is None:
             return State.OK
         ratio = p / target
+        if ratio >= self.config.tight_at:
+            recent = self.p95(cls, now, self.config.recent_s)
+            if recent is not None and recent / target < self.config.tight_at:
+                return State.OK  # recovered: the window's slow samples are history
         if ratio >= 1.0:
             return State.BREACH
         if ratio >= self.config.shed_at:
@@ -85,6 +101,10 @@ class SLOController:
     def admit(self, cls: str, now: float) -> bool:
         s = self.state(now)
         if s >= State.BREACH:
+            with self._lock:
+                if cls == "interactive" and now - self._last_probe >= self.config.probe_every_s:
+                    self._last_probe = now
+                    return True  # a probe: its latency tells when the overload is over
             return False
         return not (s >= State.SHED and cls != "interactive")
 
