@@ -220,6 +220,7 @@ def label(r: dict) -> str:
     extra += ["frozen emb"] if c.get("freeze_embeddings") else []
     extra += [f"b{c['batch_size']}x{c['grad_accum']}"] if (c["batch_size"], c["grad_accum"]) != (8, 4) else []
     extra += ["compiled"] if c.get("compile") else []
+    extra += [f"+ CE x{c['ce_weight']:g}"] if r["mode"] == "kd" and c.get("ce_weight") else []
     extra += [f"{r['distill']['train_time_s']:.0f}s"]
     return f"{r['mode']} ({', '.join(extra)})"
 
