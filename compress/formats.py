@@ -7,11 +7,16 @@ import json
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compress.errors import CompressError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every file-format model: unknown keys are an error, not silently dropped."""
+    model_config = ConfigDict(extra="forbid")
 
 
 def validation_message(e: ValidationError) -> str:

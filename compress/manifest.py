@@ -29,19 +29,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from compress.errors import CompressError
-from compress.formats import check_version, read_yaml_mapping, validate
+from compress.formats import StrictModel as _Strict, check_version, read_yaml_mapping, validate
 
 SCHEMA_VERSION = 1
 EVAL_FILE = "eval.json"
 BENCH_FILE = "bench.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Quality(_Strict):

@@ -15,15 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from compress.errors import CompressError
+from compress.formats import StrictModel as _Strict
 
 SCHEMA_VERSION = 1
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ModelInfo(_Strict):

@@ -226,8 +226,9 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
                 metrics.slo_state.labels(c).set(int(slo.state(now, c)))
                 p95 = slo.p95(c, now)
                 metrics.slo_p95.labels(c).set(float("nan") if p95 is None else p95)
+            max_wait_s = settings.max_wait_ms / 1000 * slo.wait_scale(now)
             for eng in engines_():
-                eng.core.batcher.max_wait_s = settings.max_wait_ms / 1000 * slo.wait_scale(now)
+                eng.core.batcher.max_wait_s = max_wait_s
             floor = slo.route_floor(settings.route_floor, now)
             keep = slo.route_floor(settings.route_keep, now)
         decision = router.route(req.model, prompt_text, _requested_tokens(req), floor=floor, keep=keep)

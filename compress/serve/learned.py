@@ -15,7 +15,7 @@ buckets (fixed hash functions: the same buckets in every process, unlike Python'
 router.py's prompt features (length, answer length, reasoning cues, code, maths) and a one-hot
 bucket of the requested max_tokens.
 
-Model: one logistic regression per tier with an L2 penalty, fitted by L-BFGS in numpy from zero
+Model: one logistic regression per tier with an L2 penalty, fitted by scipy's L-BFGS from zero
 weights (deterministic; the seed only draws the cross-validation folds). The penalty is chosen per
 tier by k-fold cross-validated log loss (a tier whose success the prompt does not predict ends up
 near its success rate; one whose success it does, confident), unless given. A tier whose outcomes
@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from compress.errors import CompressError
-from compress.formats import read_versioned_json, validate
+from compress.formats import StrictModel as _Strict, read_versioned_json, validate
 from compress.serve.router import prompt_features
 
 KIND = "compress-router"
@@ -50,9 +50,6 @@ SCHEMA_VERSION = 1
 DENSE = ("length", "answer_length", "hard_cues", "code", "maths")  # router.prompt_features, in this order
 _WORD = re.compile(r"\w+")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class FeatureConfig(_Strict):
@@ -236,8 +233,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def fit_logistic(X: _Rows, y: np.ndarray, n: np.ndarray, l2: float, max_iter: int = 200) -> tuple[np.ndarray, float]:
     """Weights [columns] and bias minimising sum_i n_i * logloss(y_i, sigmoid(x_i.w + b)) + l2/2 |w|^2
-    (divided by sum n: the same minimum, better scaled), by L-BFGS (memory 10, backtracking Armijo
-    line search) from w = 0, b = logit(mean y)."""
+    (divided by sum n: the same minimum, better scaled), by scipy's L-BFGS from w = 0, b = logit(mean y)."""
+    from scipy.optimize import minimize
+
     total = n.sum()
     l2 = l2 / total
     rate = float((n * y).sum() / total)
@@ -251,48 +249,9 @@ def fit_logistic(X: _Rows, y: np.ndarray, n: np.ndarray, l2: float, max_iter: in
         r = n * (_sigmoid(z) - y) / total
         return loss, np.concatenate([X.tdot(r) + l2 * w, [r.sum()]])
 
-    f, g = f_g(theta)
-    s_hist: list[np.ndarray] = []
-    y_hist: list[np.ndarray] = []
-    for _ in range(max_iter):
-        if np.abs(g).max() < 1e-6:
-            break
-        q = g.copy()  # two-loop recursion: d = -H g
-        alphas = []
-        for s, yv in reversed(list(zip(s_hist, y_hist))):
-            a = (s @ q) / (yv @ s)
-            alphas.append(a)
-            q -= a * yv
-        if s_hist:
-            q *= (s_hist[-1] @ y_hist[-1]) / (y_hist[-1] @ y_hist[-1])
-        for (s, yv), a in zip(zip(s_hist, y_hist), reversed(alphas)):
-            q += (a - (yv @ q) / (yv @ s)) * s
-        d = -q
-        slope = g @ d
-        if slope >= 0:  # not a descent direction: forget the curvature pairs, follow the gradient
-            s_hist.clear()
-            y_hist.clear()
-            d, slope = -g, -(g @ g)
-        step = 1.0
-        while True:
-            new = theta + step * d
-            f_new, g_new = f_g(new)
-            if f_new <= f + 1e-4 * step * slope or step < 1e-10:
-                break
-            step *= 0.5
-        if f_new > f:  # no decrease even for a tiny step: at the numerical floor
-            break
-        converged = f - f_new < 1e-6 * max(1.0, abs(f))  # for routing: accuracy has stopped moving
-        s, yv = new - theta, g_new - g
-        if s @ yv > 1e-12:
-            s_hist.append(s)
-            y_hist.append(yv)
-            if len(s_hist) > 10:
-                s_hist.pop(0)
-                y_hist.pop(0)
-        theta, f, g = new, f_new, g_new
-        if converged:
-            break
+    # ftol: for routing, stop once the loss (and so the accuracy) has stopped moving
+    theta = minimize(f_g, theta, jac=True, method="L-BFGS-B",
+                     options={"maxiter": max_iter, "gtol": 1e-6, "ftol": 1e-9}).x
     return theta[:-1], float(theta[-1])
 
 
