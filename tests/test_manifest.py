@@ -118,3 +118,6 @@ def test_cli_writes_manifest_and_fails_in_one_line(tmp_path, tiny_model, capsys)
     with pytest.raises(SystemExit) as e:
         main(["serve", str(bad)])
     assert e.value.code == 2 and "unknown schema_version 9" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["serve", str(out), "--slo-p95", "2", "--slo-window", "0"])
+    assert e.value.code == 2 and "--slo-window must be > 0" in capsys.readouterr().err

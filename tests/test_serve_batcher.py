@@ -30,9 +30,9 @@ class FakeRunner:
     def _next(self, seq):
         return self.scripts[seq.id][len(seq.output_ids)]
 
-    def prefill(self, seq):
-        self.rows.append(seq)
-        return self._next(seq)
+    def prefill(self, seqs):
+        self.rows += seqs
+        return [self._next(s) for s in seqs]
 
     def decode(self, seqs):
         assert [s.id for s in seqs] == [s.id for s in self.rows]

@@ -29,6 +29,7 @@ def serve(
     route_keep: Annotated[float, typer.Option(help="`auto` with a learned router (the manifest's router:): the cheapest tier whose predicted success is at least this share of the best tier's.")] = 0.95,
     slo_p95: Annotated[Optional[float], typer.Option(help="Interactive p95 end-to-end target in seconds (overrides the manifest's slo); enables the SLO controller.")] = None,
     slo_batch_p95: Annotated[Optional[float], typer.Option(help="Batch-class p95 end-to-end target in seconds (overrides the manifest's slo); tracked and reported.")] = None,
+    slo_window: Annotated[float, typer.Option(help="Seconds of completions the SLO controller's rolling p95 covers.")] = 30.0,
     budget_tokens: Annotated[Optional[int], typer.Option(help="Global token budget per --budget-window.")] = None,
     budget_cost: Annotated[Optional[float], typer.Option(help="Global cost budget per --budget-window (manifest currency).")] = None,
     key_budget_tokens: Annotated[Optional[int], typer.Option(help="Token budget per API key per --budget-window.")] = None,
@@ -50,6 +51,8 @@ def serve(
                             "--route-floor and --route-keep in [0, 1]")
     if (slo_p95 is not None and slo_p95 <= 0) or (slo_batch_p95 is not None and slo_batch_p95 <= 0):
         raise CompressError("--slo-p95 and --slo-batch-p95 must be > 0 seconds")
+    if slo_window <= 0:
+        raise CompressError("--slo-window must be > 0 seconds")
     slos = {c: v for c, v in (("interactive", slo_p95), ("batch", slo_batch_p95)) if v is not None}
     keys = list(api_key or [])
     if api_keys_file is not None:
@@ -70,6 +73,7 @@ def serve(
                              api_keys=keys, rate_limit_rpm=rate_limit_rpm, device=device or runtime.default_device(),
                              cache_ttl_s=cache_ttl, cache_max_bytes=int(cache_max_mb * (1 << 20)),
                              cache_db=str(cache_db) if cache_db else None,
-                             route_floor=route_floor, route_keep=route_keep, slo_p95_s=slos, alert_webhook=alert_webhook,
+                             route_floor=route_floor, route_keep=route_keep, slo_p95_s=slos, slo_window_s=slo_window,
+                             alert_webhook=alert_webhook,
                              budget=budget)
     run(str(manifest), settings, host=host, port=port, shutdown_timeout_s=shutdown_timeout)

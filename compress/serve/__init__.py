@@ -5,7 +5,7 @@ Request path (one home per step):
   by learned.py's per-tier predicted success when the manifest names a router.json) -> engine.py
   (per-tier async front end: one queue per request, fed by one background engine loop thread) ->
   batcher.py (continuous-batching scheduler: waiting queue, admission, step bookkeeping; no
-  model) -> runner.py (the HF model: per-sequence prefill, joint left-padded decode over a shared KV cache).
+  model) -> runner.py (the HF model: batched left-padded prefill and decode over a shared KV cache).
 Remote tiers go through remote.py instead of an engine. cache.py is the per-user response cache,
 slo.py the SLO controller (tighter batching, smaller tiers, then shedding), protocol.py the
 request/response types, metrics.py the Prometheus metrics.

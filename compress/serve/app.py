@@ -54,6 +54,7 @@ class ServeSettings:
     route_floor: float = 0.8  # `auto`: the easiest requests accept tiers within this of the best quality
     route_keep: float = 0.95  # `auto` with a learned router: a tier's predicted success >= this x the best's
     slo_p95_s: dict[str, float] = field(default_factory=dict)  # class -> p95 target; overrides the manifest's
+    slo_window_s: float = 30.0  # the SLO controller's rolling window
     budget: BudgetConfig | None = None  # None: no budgets
     rate_limit_rpm: int | None = None  # requests per minute per API key; None: unlimited
     alert_webhook: str | None = None  # budget alerts are POSTed here as JSON
@@ -71,7 +72,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
     cache = (SqliteResponseCache(settings.cache_db, settings.cache_max_bytes) if settings.cache_db
              else ResponseCache(settings.cache_max_bytes))
     targets = {**{c: s.p95_s for c, s in manifest.slo.items()}, **settings.slo_p95_s}
-    slo = SLOController(SLOConfig(targets)) if targets else None  # None: no SLO controller
+    slo = SLOController(SLOConfig(targets, window_s=settings.slo_window_s)) if targets else None  # None: no SLO controller
     for cls_, target in targets.items():
         metrics.slo_target.labels(cls_).set(target)
     state: dict[str, Any] = {"engines": dict(engines or {}), "remotes": {}}

@@ -13,7 +13,7 @@ requests; past that, `add` raises QueueFull (the server answers 429). Batch requ
 flood never makes an interactive request wait for queue space.
 
 One step = schedule (aborts out, admissions in) -> one joint decode step for the sequences already
-running, then prefill each admitted sequence alone (its first token; it joins the batch) -> update (append, detokenize,
+running, then prefill the admitted sequences together (their first tokens; they join the batch) -> update (append, detokenize,
 check eos/length/stop) -> finished sequences leave the batch and free their slot.
 """
 
@@ -80,7 +80,7 @@ class Runner(Protocol):
     eos_ids: set[int]
     max_context: int
 
-    def prefill(self, seq: Sequence) -> int: ...  # run the prompt alone, join the batch, first token
+    def prefill(self, seqs: list[Sequence]) -> list[int]: ...  # run the prompts, join the batch (in order), first tokens
     def decode(self, seqs: list[Sequence]) -> list[int]: ...  # one joint step, one token per sequence
     def remove(self, seqs: list[Sequence]) -> None: ...  # drop from the batch (free KV rows)
     def detokenize(self, ids: list[int]) -> str: ...
@@ -184,9 +184,9 @@ class EngineCore:
                 self.last_batch_size = len(decoding)
                 for seq, token in zip(decoding, self.runner.decode(decoding)):
                     events.append(self._update(seq, token))
-            for seq in admitted:
-                token = self.runner.prefill(seq)
-                events.append(self._update(seq, token))
+            if admitted:
+                for seq, token in zip(admitted, self.runner.prefill(admitted)):
+                    events.append(self._update(seq, token))
         except Exception as e:  # noqa: BLE001 - a model failure fails this batch, never the server
             return events + self._fail_all(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         finished = [ev.seq for ev in events if ev.finished and ev.seq.admitted_at is not None

@@ -120,11 +120,13 @@ class AsyncEngine:
 
 def load_engine(tier, device: str, *, max_batch: int, max_wait_s: float, max_queue: int,
                 metrics: ServeMetrics) -> AsyncEngine:
-    """Load a local tier's model and tokenizer and wrap them in an engine (not started)."""
+    """Load a local tier's model and tokenizer, warm it up and wrap them in an engine (not started)."""
     from compress.models import load_causal_lm, load_tokenizer
     from compress.serve.runner import HFRunner
 
     model = load_causal_lm(tier.path, device=device)
     tokenizer = load_tokenizer(tier.path)
-    return AsyncEngine(tier.name, HFRunner(model, tokenizer, device), tokenizer, max_batch=max_batch,
+    runner = HFRunner(model, tokenizer, device)
+    runner.warmup()
+    return AsyncEngine(tier.name, runner, tokenizer, max_batch=max_batch,
                        max_wait_s=max_wait_s, max_queue=max_queue, metrics=metrics)

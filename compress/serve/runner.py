@@ -1,14 +1,17 @@
 """The model side of continuous batching: a Hugging Face causal LM with one shared, left-padded KV
 cache for the running batch.
 
-- prefill(seq): the prompt runs alone (batch 1, no padding), then its KV rows are left-padded and
-  concatenated onto the batch cache, so a request can join between decode steps.
+- prefill(seqs): the prompts admitted at one step run together in one forward (left-padded to the
+  longest, a 2-D mask hiding the padding, explicit position ids), in groups of at most
+  `max_prefill_tokens` padded tokens; their KV rows are then left-padded and concatenated onto the
+  batch cache, so requests join between decode steps. One forward for k arrivals instead of k is
+  what lets a small model keep up with a high arrival rate.
 - decode(seqs): one joint step for the whole batch: last token per row, a 2-D attention mask that
   hides each row's left padding, and explicit position ids (each row's own length), so a row's
   positions do not depend on its neighbours.
 - remove(seqs): drop rows; leading columns that only held padding are trimmed.
 
-Greedy output in a batch equals greedy output alone up to float rounding of the batched matmuls;
+Greedy output in a batch (prefill or decode) equals greedy output alone up to float rounding of the batched matmuls;
 in fp32 on CPU the tests check it token for token. Only full-attention decoder models are
 supported (the cache layers must be plain DynamicLayers).
 """
@@ -19,12 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from compress.errors import CompressError
-from compress.serve.batcher import Sequence
+from compress.serve.batcher import SamplingParams, Sequence
 
 
 class HFRunner:
-    def __init__(self, model, tokenizer, device: str):
+    def __init__(self, model, tokenizer, device: str, max_prefill_tokens: int = 8192):
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.max_prefill_tokens = max_prefill_tokens  # padded tokens per prefill forward (a longer prompt runs alone)
         config = model.config.get_text_config(decoder=True)
         if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) and \
                 any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
@@ -41,16 +45,45 @@ class HFRunner:
     def detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def warmup(self, steps: int = 2) -> None:
+        """Serve nothing, once, before the port opens: a padded two-prompt prefill and a few joint decode
+        steps. The first calls on a GPU (kernel loading, cuBLAS handles, allocator growth) otherwise land
+        on the first requests, and an SLO controller would take that slow start for an overload."""
+        ids = self.tokenizer("A short prompt to warm the model up.")["input_ids"] or [0]
+        seqs = [Sequence(f"warmup-{n}", ids[:n], SamplingParams(max_tokens=steps + 1), 0.0)
+                for n in (len(ids), max(1, len(ids) // 2))]
+        self.prefill(seqs)
+        for _ in range(steps):
+            self.decode(seqs)
+        self.remove(seqs)
+
     @torch.inference_mode()
-    def prefill(self, seq: Sequence) -> int:
+    def prefill(self, seqs: list[Sequence]) -> list[int]:
+        """Run the prompts (in order, in groups within the token budget), join the batch; first tokens."""
+        tokens: list[int] = []
+        for group in _groups(seqs, self.max_prefill_tokens):
+            tokens += self._prefill(group)
+        return tokens
+
+    def _prefill(self, seqs: list[Sequence]) -> list[int]:
         from transformers import DynamicCache
 
-        ids = torch.tensor([seq.prompt_ids], device=self.device)  # [1, S]
-        out = self.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-        seq.slot = _make_generator(seq, self.device)
-        token = self._sample(out.logits[:, -1, :], [seq])[0]
-        self._join(seq, out.past_key_values, token)
-        return token
+        width = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)  # padding id 0: masked out, never attended to
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
+            mask[i, width - len(s.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        kwargs = {}
+        if len(seqs) > 1:  # alone: no padding, so no mask (the model's fastest causal path)
+            kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0)}
+        out = self.model(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1, **kwargs)
+        for s in seqs:
+            s.slot = _make_generator(s, self.device)
+        tokens = self._sample(out.logits[:, -1, :], seqs)
+        self._join(seqs, out.past_key_values, mask, tokens)
+        return tokens
 
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> list[int]:
@@ -81,21 +114,19 @@ class HFRunner:
             layer.keys = layer.keys[idx, :, start:]
             layer.values = layer.values[idx, :, start:]
 
-    def _join(self, seq: Sequence, cache, token: int) -> None:
-        new_len = cache.layers[0].keys.shape[-2]
-        new_mask = torch.ones(1, new_len, dtype=torch.long, device=self.device)
-        new_last = torch.tensor([token], device=self.device)
+    def _join(self, seqs: list[Sequence], cache, new_mask: torch.Tensor, tokens: list[int]) -> None:
+        new_last = torch.tensor(tokens, device=self.device)
         if self.cache is None:
-            self.cache, self.mask, self.last, self.rows = cache, new_mask, new_last, [seq]
+            self.cache, self.mask, self.last, self.rows = cache, new_mask, new_last, list(seqs)
             return
-        old_len = self.mask.shape[1]
+        old_len, new_len = self.mask.shape[1], new_mask.shape[1]
         width = max(old_len, new_len)
         for old, new in zip(self.cache.layers, cache.layers):
             old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)], dim=0)
             old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)], dim=0)
         self.mask = torch.cat([F.pad(self.mask, (width - old_len, 0)), F.pad(new_mask, (width - new_len, 0))])
         self.last = torch.cat([self.last, new_last])
-        self.rows.append(seq)
+        self.rows += seqs
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         """logits [B, V] -> one token per row: argmax at temperature 0, else top-p sampling."""
@@ -124,6 +155,18 @@ def _make_generator(seq: Sequence, device: str) -> torch.Generator | None:
     else:
         g.seed()
     return g
+
+
+def _groups(seqs: list[Sequence], budget: int) -> list[list[Sequence]]:
+    """Consecutive groups whose padded size (rows x longest prompt) stays within `budget` tokens."""
+    groups: list[list[Sequence]] = []
+    for s in seqs:
+        g = groups[-1] if groups else None
+        if g and (len(g) + 1) * max(len(s.prompt_ids), *(len(x.prompt_ids) for x in g)) <= budget:
+            g.append(s)
+        else:
+            groups.append([s])
+    return groups
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
