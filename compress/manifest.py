@@ -40,7 +40,6 @@ BENCH_FILE = "bench.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-
 class Quality(_Strict):
     """Quality numbers as measured by `compress eval` (or at quantization time); null when unknown."""
     perplexity: float | None = None

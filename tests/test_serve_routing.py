@@ -210,3 +210,15 @@ def test_sqlite_cache_is_shared_between_instances_with_ttl_and_bound(tmp_path):
         now[0] += 1
         a.put(f"k{i}", {"text": "x" * 30}, ttl_s=100)
     assert b.size_bytes <= 200 and b.get("k9") is not None and b.get("k0") is None
+
+
+def test_slo_p95_at_one_instant_is_reused_until_a_new_completion():
+    from compress.serve.slo import SLOConfig, SLOController, State
+
+    c = SLOController(SLOConfig({"interactive": 2.0}, min_samples=2))
+    c.observe("interactive", 0.1, 1.0)
+    c.observe("interactive", 0.2, 1.0)
+    assert c.p95("interactive", 1.0) == 0.2 and c.state(1.0) == State.OK
+    c.observe("interactive", 3.0, 1.0)  # same instant, new sample: not answered from the memo
+    assert c.p95("interactive", 1.0) == 3.0 and c.state(1.0) == State.BREACH
+    assert c.p95("interactive", 40.0) is None  # a later instant: the window has moved on

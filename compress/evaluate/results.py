@@ -21,7 +21,6 @@ from compress.formats import StrictModel as _Strict
 SCHEMA_VERSION = 1
 
 
-
 class ModelInfo(_Strict):
     spec: str
     kind: str  # dir | artifact | gguf | hub

@@ -51,7 +51,6 @@ DENSE = ("length", "answer_length", "hard_cues", "code", "maths")  # router.prom
 _WORD = re.compile(r"\w+")
 
 
-
 class FeatureConfig(_Strict):
     hash_bits: int = Field(14, ge=8, le=20)  # 16,384 buckets: few collisions for prompts of a few hundred n-grams
     char_ngrams: tuple[int, int] = (2, 5)  # shortest and longest character n-gram

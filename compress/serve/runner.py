@@ -160,12 +160,15 @@ def _make_generator(seq: Sequence, device: str) -> torch.Generator | None:
 def _groups(seqs: list[Sequence], budget: int) -> list[list[Sequence]]:
     """Consecutive groups whose padded size (rows x longest prompt) stays within `budget` tokens."""
     groups: list[list[Sequence]] = []
+    width = 0  # longest prompt of the last group
     for s in seqs:
-        g = groups[-1] if groups else None
-        if g and (len(g) + 1) * max(len(s.prompt_ids), *(len(x.prompt_ids) for x in g)) <= budget:
-            g.append(s)
+        n = len(s.prompt_ids)
+        if groups and (len(groups[-1]) + 1) * max(width, n) <= budget:
+            groups[-1].append(s)
+            width = max(width, n)
         else:
             groups.append([s])
+            width = n
     return groups
 
 

@@ -22,8 +22,8 @@ of the last `recent_s` seconds (at least `min_samples` of them: probes, the drai
 p95 under `tight_at` x target, the state is OK again even though the window still holds the slow
 ones. Without the probes, a BREACH that refuses every request would get no new samples and would
 last a whole window after the load had gone (seen on the GPU: 30 s of 503s at a light load right
-after an overload). With no recent samples at all the state is OK. Pure logic with an injectable
-clock; app.py wires it in.
+after an overload). With fewer than `min_samples` completions in the window the state is OK. Pure
+logic with an injectable clock; app.py wires it in.
 """
 
 from __future__ import annotations
@@ -60,24 +60,31 @@ class SLOController:
         self._samples: dict[str, deque[tuple[float, float]]] = {}  # class -> (time, latency)
         self._lock = threading.Lock()
         self._last_probe = -math.inf
+        # p95s computed at one `now` since the last observe(): a request asks for the state several times
+        # (metrics, batching wait, routing, admission) at the same `now`, and each would sort the window.
+        self._memo: dict[tuple[str, float, float | None], float | None] = {}
 
     def observe(self, cls: str, latency_s: float, now: float) -> None:
         with self._lock:
             self._samples.setdefault(cls, deque()).append((now, latency_s))
+            self._memo.clear()
 
     def p95(self, cls: str, now: float, span_s: float | None = None) -> float | None:
         """p95 latency of `cls` over the last `span_s` seconds (default: the window); None when too few."""
+        key = (cls, now, span_s)
         with self._lock:
-            q = self._samples.get(cls)
-            if not q:
-                return None
+            if key in self._memo:
+                return self._memo[key]
+            if any(k[1] != now for k in self._memo):
+                self._memo.clear()
+            q = self._samples.get(cls) or deque()
             while q and q[0][0] < now - self.config.window_s:
                 q.popleft()
             span = self.config.window_s if span_s is None else span_s
             xs = sorted(lat for t, lat in q if t >= now - span)
-        if len(xs) < self.config.min_samples:
-            return None
-        return xs[min(len(xs) - 1, math.ceil(0.95 * len(xs)) - 1)]
+            p = xs[min(len(xs) - 1, math.ceil(0.95 * len(xs)) - 1)] if len(xs) >= self.config.min_samples else None
+            self._memo[key] = p
+        return p
 
     def state(self, now: float, cls: str = "interactive") -> State:
         """The state of `cls` (OK when it has no target or too few recent samples)."""
