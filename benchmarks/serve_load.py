@@ -5,8 +5,11 @@ sequential Hugging Face `generate`, measured in the same run.
     python benchmarks/serve_load.py --device cuda --clients 1,8,32,64 --max-tokens 128
 
 Everything stays on 127.0.0.1: the script starts `python -m compress serve` on a free port, runs
-closed-loop clients (each sends its requests one after another, streaming, greedy, `ignore_eos`
-so every request generates exactly --max-tokens), then stops the server. The baseline generates
+closed-loop clients through the official `openai` client (each sends its requests one after another,
+streaming, greedy, `ignore_eos` so every request generates exactly --max-tokens), then stops the server.
+Per load point: tokens/s, end-to-end latency, TTFT, inter-token latency (gaps between streamed chunks), and
+the round trip of a /health probe sent every 20 ms during the load (how long the HTTP event loop waits while
+the engine thread holds the GIL). The baseline generates
 the same prompts one at a time with `model.generate` (greedy, min_new_tokens = max_new_tokens) in
 this process before the server starts, on the same device and dtype.
 
@@ -101,47 +104,74 @@ def baseline(model_dir: str, device: str, texts: list[str], max_tokens: int) -> 
             "latency_p50_s": percentile(lat, 0.5), "latency_p95_s": percentile(lat, 0.95)}
 
 
-async def one_request(client, url: str, prompt: str, max_tokens: int) -> dict:
-    body = {"model": "auto", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+async def one_request(client, prompt: str, max_tokens: int) -> dict:
+    """One streamed completion through the official `openai` client: latency, TTFT and the gaps between chunks."""
+    import openai
+
     t0 = time.perf_counter()
-    ttft, tokens = None, 0
-    async with client.stream("POST", url + "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            return {"status": r.status_code}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("choices") and chunk["choices"][0]["text"] and ttft is None:
-                ttft = time.perf_counter() - t0
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    return {"status": 200, "latency_s": time.perf_counter() - t0, "ttft_s": ttft, "tokens": tokens}
+    stamps, tokens = [], 0
+    try:
+        stream = await client.completions.create(
+            model="auto", prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                stamps.append(time.perf_counter())
+            if chunk.usage:
+                tokens = chunk.usage.completion_tokens
+    except openai.APIStatusError as e:
+        return {"status": e.status_code}
+    itl = [b - a for a, b in zip(stamps, stamps[1:])]
+    return {"status": 200, "latency_s": time.perf_counter() - t0, "ttft_s": stamps[0] - t0 if stamps else None,
+            "tokens": tokens, "itl_s": itl, "chunks": len(stamps)}
+
+
+async def probe_health(url: str, stop: asyncio.Event, out: list[float]) -> None:
+    """/health round trips every 20 ms while the load runs: how long the event loop keeps a trivial request
+    waiting while the engine thread holds the GIL."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=30) as c:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            await c.get(url + "/health")
+            out.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.02)
 
 
 async def load(url: str, texts: list[str], clients: int, per_client: int, max_tokens: int) -> dict:
     import httpx
+    import openai
 
     results: list[dict] = []
 
     async def client_loop(i: int, client):
         for j in range(per_client):
-            results.append(await one_request(client, url, texts[(i * per_client + j) % len(texts)], max_tokens))
+            results.append(await one_request(client, texts[(i * per_client + j) % len(texts)], max_tokens))
 
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(i, client) for i in range(clients)))
-        wall = time.perf_counter() - start
+    http = httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4))
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", http_client=http, max_retries=0)
+    health: list[float] = []
+    stop = asyncio.Event()
+    prober = asyncio.create_task(probe_health(url, stop, health))
+    start = time.perf_counter()
+    await asyncio.gather(*(client_loop(i, client) for i in range(clients)))
+    wall = time.perf_counter() - start
+    stop.set()
+    await prober
+    await http.aclose()
     ok = [r for r in results if r["status"] == 200]
     lat = [r["latency_s"] for r in ok]
     ttft = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
+    itl = [x for r in ok for x in r["itl_s"]]
     tokens = sum(r["tokens"] for r in ok)
     return {"clients": clients, "requests": len(results), "ok": len(ok), "tokens": tokens, "wall_s": wall,
             "tokens_per_s": tokens / wall, "requests_per_s": len(ok) / wall,
             "latency_p50_s": percentile(lat, 0.5), "latency_p95_s": percentile(lat, 0.95),
-            "ttft_p50_s": percentile(ttft, 0.5), "ttft_p95_s": percentile(ttft, 0.95)}
+            "ttft_p50_s": percentile(ttft, 0.5), "ttft_p95_s": percentile(ttft, 0.95),
+            "itl_p50_ms": 1e3 * percentile(itl, 0.5), "itl_p95_ms": 1e3 * percentile(itl, 0.95),
+            "chunks_per_token": sum(r["chunks"] for r in ok) / tokens if tokens else None,
+            "health_p50_ms": 1e3 * percentile(health, 0.5), "health_max_ms": 1e3 * max(health, default=float("nan"))}
 
 
 def batch_sizes(url: str) -> dict:
@@ -188,7 +218,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model_dir = checkpoint_dir(resolve(spec))
     print(f"model checkpoint {model_dir} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    texts = prompts(max(clients) * args.per_client + args.baseline_requests, args.prompt_words)
+    texts = prompts(sum(clients) * args.per_client + args.baseline_requests + 1, args.prompt_words)
 
     base = baseline(model_dir, args.device, texts[: args.baseline_requests], max_tokens)
     print(f"sequential generate: {base['tokens_per_s']:.1f} tok/s, p50 {base['latency_p50_s']:.2f} s", flush=True)
@@ -205,7 +235,8 @@ def main() -> None:
     log = open(tmp / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "compress", "serve", str(manifest), "--port", str(port),
                                "--device", args.device, "--max-batch", str(max(clients)),
-                               "--max-queue", str(4 * max(clients)), "--max-wait-ms", "5"],
+                               "--max-queue", str(4 * max(clients)), "--max-wait-ms", "5",
+                               "--cache-ttl", "0"],  # no response cache: every request is generated
                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     runs = []
     try:
@@ -223,7 +254,9 @@ def main() -> None:
             runs.append(r)
             print(f"N={n:3d}: {r['tokens_per_s']:8.1f} tok/s ({r['speedup_vs_sequential']:.2f}x sequential), "
                   f"p50 {r['latency_p50_s']:.2f} s, p95 {r['latency_p95_s']:.2f} s, "
-                  f"TTFT p50 {r['ttft_p50_s']:.3f} s, mean batch {r['mean_batch_size'] or 0:.1f}, "
+                  f"TTFT p50 {r['ttft_p50_s']:.3f} s, ITL p50 {r['itl_p50_ms']:.2f} ms, "
+                  f"/health p50 {r['health_p50_ms']:.1f} ms max {r['health_max_ms']:.0f} ms, "
+                  f"mean batch {r['mean_batch_size'] or 0:.1f}, "
                   f"ok {r['ok']}/{r['requests']}", flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
