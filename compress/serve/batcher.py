@@ -13,8 +13,12 @@ requests; past that, `add` raises QueueFull (the server answers 429). Batch requ
 flood never makes an interactive request wait for queue space.
 
 One step = schedule (aborts out, admissions in) -> one joint decode step for the sequences already
-running, then prefill the admitted sequences together (their first tokens; they join the batch) -> update (append, detokenize,
-check eos/length/stop) -> finished sequences leave the batch and free their slot.
+running -> one prefill forward for the prompt chunks that fit the step's token budget (`prefill_budget`):
+admitted prompts, and the rest of long prompts cut into chunks, so a long prompt cannot stall the running
+batch for more than one chunk's forward; a sequence whose prompt is complete gets its first token and
+decodes from the next step -> update (append, detokenize incrementally, check eos/stop ids/length/stop
+strings) -> finished sequences leave the batch and free their slot. A request the runner cannot honour
+(bad parameters) fails alone at admission.
 """
 
 from __future__ import annotations
@@ -22,65 +26,23 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
-
-CLASSES = ("interactive", "batch")  # traffic classes; a sequence's priority is its index (lower goes first)
+from compress.serve import detokenize
+from compress.serve.sequence import CLASSES, Event, SamplingParams, Sequence, TokenLogprob  # noqa: F401 (re-exported)
 
 
 class QueueFull(Exception):
     """The waiting queue is at its bound."""
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False  # benchmarks: always generate max_tokens (vLLM's extension field)
-
-
-@dataclass(eq=False)
-class Sequence:
-    id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    arrival: float
-    priority: int = 0  # index into CLASSES: 0 = interactive, 1 = batch; lower is admitted first
-    output_ids: list[int] = field(default_factory=list)
-    text: str = ""  # output text that may be shown (stop strings cut off)
-    emitted: int = 0  # characters of `text` already handed out
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
-    error: str | None = None
-    aborted: bool = False
-    admitted_at: float | None = None
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    slot: Any = None  # the runner's per-sequence state (sampling generator, ...)
-    sink: Any = None  # the front end's per-request queue
-
-    @property
-    def cls(self) -> str:
-        return CLASSES[self.priority]
-
-
-@dataclass
-class Event:
-    """What one step produced for one sequence."""
-    seq: Sequence
-    delta: str  # new text to hand out
-    new_tokens: int
-    finished: bool
-
-
 class Runner(Protocol):
     eos_ids: set[int]
     max_context: int
 
-    def prefill(self, seqs: list[Sequence]) -> list[int]: ...  # run the prompts, join the batch (in order), first tokens
+    # Run each sequence's prompt from seq.num_computed to seq.prefill_to (the whole prompt when prefill_to is not
+    # past num_computed); a first token for each sequence whose prompt is now complete, else None.
+    def prefill(self, seqs: list[Sequence]) -> list[int | None]: ...
     def decode(self, seqs: list[Sequence]) -> list[int]: ...  # one joint step, one token per sequence
     def remove(self, seqs: list[Sequence]) -> None: ...  # drop from the batch (free KV rows)
     def detokenize(self, ids: list[int]) -> str: ...
@@ -163,9 +125,12 @@ class Batcher:
 class EngineCore:
     """One `step()` of continuous batching over a Runner."""
 
-    def __init__(self, runner: Runner, batcher: Batcher, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, runner: Runner, batcher: Batcher, clock: Callable[[], float] = time.monotonic,
+                 prefill_budget: int = 2048):
         self.runner, self.batcher, self.clock = runner, batcher, clock
+        self.prefill_budget = prefill_budget  # prompt tokens per step, all prefilling sequences together
         self.last_batch_size = 0  # sequences in the last joint decode step
+        self.last_prefill_tokens = 0  # prompt tokens prefilled in the last step
 
     def step(self) -> list[Event]:
         now = self.clock()
@@ -176,25 +141,62 @@ class EngineCore:
             for s in dropped:
                 s.finish_reason = s.finish_reason or "abort"
                 events.append(Event(s, "", 0, True))
-        decoding = list(self.batcher.running)
+        admitted, refused = self._check(admitted)
+        events += refused
+        running = list(self.batcher.running)
+        decoding = [s for s in running if s.prefilled]
         self.batcher.start(admitted)  # now, so that a failure below fails them too (never lost)
-        self.last_batch_size = 0
+        chunks = self._chunks([s for s in running if not s.prefilled] + admitted)
+        self.last_batch_size = len(decoding)
+        self.last_prefill_tokens = sum(s.prefill_to - s.num_computed for s in chunks)
         try:
-            if decoding:  # first, so the runner's rows are exactly the running sequences
-                self.last_batch_size = len(decoding)
+            if decoding:
                 for seq, token in zip(decoding, self.runner.decode(decoding)):
                     events.append(self._update(seq, token))
-            if admitted:
-                for seq, token in zip(admitted, self.runner.prefill(admitted)):
-                    events.append(self._update(seq, token))
+            if chunks:
+                for seq, token in zip(chunks, self.runner.prefill(chunks)):
+                    if token is None:  # more of the prompt to go
+                        continue
+                    seq.prefilled = True
+                    events.append(self._first(seq, token))
         except Exception as e:  # noqa: BLE001 - a model failure fails this batch, never the server
             return events + self._fail_all(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         finished = [ev.seq for ev in events if ev.finished and ev.seq.admitted_at is not None
-                    and ev.seq.finish_reason != "abort"]
+                    and ev.seq.finish_reason not in ("abort", None)]
         if finished:
             self.runner.remove(finished)
             self.batcher.finish(finished)
         return events
+
+    def _check(self, admitted: list[Sequence]) -> tuple[list[Sequence], list[Event]]:
+        """Admitted sequences the runner can serve, and error events for the others (each fails alone)."""
+        ok, refused = [], []
+        for s in admitted:
+            problems = s.params.problems()
+            if not s.prompt_ids:
+                problems.append("the prompt is empty")
+            elif len(s.prompt_ids) >= self.runner.max_context:
+                problems.append(f"the prompt ({len(s.prompt_ids)} tokens) leaves no room to generate within the "
+                                f"context ({self.runner.max_context} tokens)")
+            if problems:
+                s.finish_reason, s.error = "error", "; ".join(problems)
+                refused.append(Event(s, "", 0, True))
+            else:
+                ok.append(s)
+        return ok, refused
+
+    def _chunks(self, prefilling: list[Sequence]) -> list[Sequence]:
+        """The sequences that prefill this step, each with `prefill_to` set within the token budget (the first
+        always gets at least one chunk, so a prompt longer than the budget still advances)."""
+        out, left = [], self.prefill_budget
+        for s in prefilling:
+            if left <= 0:
+                break
+            n = min(len(s.prompt_ids) - s.num_computed, left)
+            s.prefill_to = s.num_computed + n
+            left -= n
+            out.append(s)
+        return out
 
     def _fail_all(self, message: str) -> list[Event]:
         seqs = list(self.batcher.running)
@@ -206,35 +208,54 @@ class EngineCore:
             s.finish_reason, s.error = "error", message
         return [Event(s, "", 0, True) for s in seqs]
 
+    def _first(self, seq: Sequence, token: int) -> Event:
+        """The prompt is done: the first token, or the end when only the prompt was asked for (max_tokens 0)."""
+        if seq.params.max_tokens == 0:
+            seq.first_token_at = self.clock()
+            seq.finish_reason = "length"
+            seq.output_logprobs.clear()
+            return self._emit(seq, 0, final=True)
+        return self._update(seq, token)
+
     def _update(self, seq: Sequence, token: int) -> Event:
         now = self.clock()
         if seq.first_token_at is None:
             seq.first_token_at = now
         p = seq.params
-        if token in self.runner.eos_ids and not p.ignore_eos:
+        if (token in self.runner.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
             seq.finish_reason = "stop"
+            if seq.output_logprobs:  # the stop token is not part of the answer
+                seq.output_logprobs.pop()
+            if seq.detok is not None:
+                seq.text += detokenize.flush(self.runner.detokenize, seq.output_ids, seq.detok)
             return self._emit(seq, 0, final=True)
         seq.output_ids.append(token)
-        full = self.runner.detokenize(seq.output_ids)
-        cut = min((i for i in (full.find(s) for s in p.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            seq.text, seq.finish_reason = full[:cut], "stop"
-        else:
-            seq.text = full
-            if (len(seq.output_ids) >= p.max_tokens
-                    or len(seq.prompt_ids) + len(seq.output_ids) >= self.runner.max_context):
-                seq.finish_reason = "length"
-        return self._emit(seq, 1, final=seq.finish_reason is not None)
+        if seq.detok is None:
+            seq.detok = detokenize.DetokState()
+        new = detokenize.step(self.runner.detokenize, seq.output_ids, seq.detok)
+        seq.text += new
+        if new and p.stop:  # a stop string can only end inside the newest text (or straddle into it)
+            lookback = max(len(x) for x in p.stop) + len(new)
+            base = max(0, len(seq.text) - lookback)
+            tail = seq.text[base:]
+            cut = min((i for i in (tail.find(x) for x in p.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                seq.text, seq.finish_reason = seq.text[:base + cut], "stop"
+        if seq.finish_reason is None and (len(seq.output_ids) >= p.max_tokens
+                                          or len(seq.prompt_ids) + len(seq.output_ids) >= self.runner.max_context):
+            seq.finish_reason = "length"
+        if seq.finish_reason == "length":
+            seq.text += detokenize.flush(self.runner.detokenize, seq.output_ids, seq.detok)
+        return self._emit(seq, 1, final=seq.finish_reason is not None, token=token)
 
     @staticmethod
-    def _emit(seq: Sequence, new_tokens: int, final: bool) -> Event:
+    def _emit(seq: Sequence, new_tokens: int, final: bool, token: int | None = None) -> Event:
         end = len(seq.text)
         if not final:
-            # Hold back what could still turn into a stop string, and a trailing partial UTF-8 char.
+            # Hold back what could still turn into a stop string.
             hold = max((len(s) for s in seq.params.stop), default=1) - 1
             end = max(seq.emitted, end - hold)
-            while end > seq.emitted and seq.text[end - 1] == "\ufffd":
-                end -= 1
         delta = seq.text[seq.emitted:end]
         seq.emitted = end
-        return Event(seq, delta, new_tokens, final)
+        logprobs = seq.output_logprobs[-1:] if token is not None and seq.params.logprobs is not None else []
+        return Event(seq, delta, new_tokens, final, [token] if token is not None else [], logprobs)

@@ -21,11 +21,11 @@ from compress.serve.protocol import APIError
 class AsyncEngine:
     def __init__(self, tier: str, runner, tokenizer=None, *, max_batch: int = 8, max_wait_s: float = 0.01,
                  max_queue: int = 64, metrics: ServeMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, prefill_budget: int = 2048):
         self.tier, self.runner, self.tokenizer = tier, runner, tokenizer
         self.metrics = metrics or ServeMetrics()
         self.clock = clock
-        self.core = EngineCore(runner, Batcher(max_batch, max_wait_s, max_queue), clock)
+        self.core = EngineCore(runner, Batcher(max_batch, max_wait_s, max_queue), clock, prefill_budget)
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"engine-{tier}", daemon=True)
@@ -104,6 +104,8 @@ class AsyncEngine:
         m.running.labels(t).set(len(self.core.batcher.running))
         if self.core.last_batch_size:
             m.batch_size.labels(t).observe(self.core.last_batch_size)
+        if self.core.last_prefill_tokens:
+            m.prefill_tokens_step.labels(t).observe(self.core.last_prefill_tokens)
         for ev in events:
             s = ev.seq
             if not ev.new_tokens:
@@ -119,14 +121,19 @@ class AsyncEngine:
 
 
 def load_engine(tier, device: str, *, max_batch: int, max_wait_s: float, max_queue: int,
-                metrics: ServeMetrics) -> AsyncEngine:
-    """Load a local tier's model and tokenizer, warm it up and wrap them in an engine (not started)."""
+                metrics: ServeMetrics, max_len: int | None = None, prefill_budget: int | None = None) -> AsyncEngine:
+    """Load a local tier's model and tokenizer, warm it up (CUDA graphs captured) and wrap them in an engine
+    (not started). `max_len`: the longest sequence a KV slot holds (default: the model's context, at most
+    8192 on a GPU and 2048 on a CPU, where the cache would otherwise take gigabytes of RAM)."""
     from compress.models import load_causal_lm, load_tokenizer
-    from compress.serve.runner import HFRunner
+    from compress.serve.model_runner import ModelRunner
 
     model = load_causal_lm(tier.path, device=device)
     tokenizer = load_tokenizer(tier.path)
-    runner = HFRunner(model, tokenizer, device)
-    runner.warmup()
-    return AsyncEngine(tier.name, runner, tokenizer, max_batch=max_batch,
-                       max_wait_s=max_wait_s, max_queue=max_queue, metrics=metrics)
+    on_cuda = device.startswith("cuda")
+    runner = ModelRunner(model, tokenizer, device, max_batch=max_batch, max_len=max_len or (8192 if on_cuda else 2048))
+    runner.warmup(kv_limit=2048)  # longer length buckets are captured when first needed
+    metrics.graphed.labels(tier.name).set(1 if runner.graphed else 0)
+    return AsyncEngine(tier.name, runner, tokenizer, max_batch=max_batch, max_wait_s=max_wait_s,
+                       max_queue=max_queue, metrics=metrics,
+                       prefill_budget=prefill_budget or (2048 if on_cuda else 512))

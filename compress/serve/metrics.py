@@ -47,6 +47,13 @@ class ServeMetrics:
                                 registry=r)
         self.budget_alerts = Counter("compress_budget_alerts", "Budget alerts, by kind (burn, exhausted, spike).",
                                      ["kind"], registry=r)
+        self.graphed = Gauge("compress_engine_cuda_graphs", "1 when the tier's decode step replays CUDA graphs, 0 "
+                             "when it runs eagerly (a CPU, or a kernel that cannot be captured, e.g. LLM.int8()).",
+                             ["tier"], registry=r)
+        self.prefill_tokens_step = Histogram("compress_prefill_tokens_per_step", "Prompt tokens prefilled in one "
+                                             "engine step (bounded by the prefill budget: the running batch's "
+                                             "stall).", ["tier"], buckets=(16, 64, 256, 512, 1024, 2048, 4096, 8192),
+                                             registry=r)
         self.batch_size = Histogram("compress_batch_size", "Sequences per joint decode step.", ["tier"],
                                     buckets=_BATCH_BUCKETS, registry=r)
 
