@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import AsyncIterator, Callable
@@ -104,8 +105,9 @@ class LocalAnswer:
             self.ctx.streaming = True
             return StreamingResponse(self._sse(streams, firsts), media_type="text/event-stream", headers=headers)
         try:
-            async for i, ev in merge(streams, firsts, self._poll_client):
-                self._take(self.choices[i], ev)
+            async with aclosing(merge(streams, firsts, self._poll_client)) as events:
+                async for i, ev in events:
+                    self._take(self.choices[i], ev)
         except ClientGone:
             return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
         answer, cost = self._finish()
@@ -196,12 +198,13 @@ class LocalAnswer:
                 for c in self.choices:
                     yield sse.event(P.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None, index=c.index))
             try:
-                async for i, ev in merge(streams, firsts, self._poll_gate):
-                    c = self.choices[i]
-                    seen = len(c.logprobs)
-                    self._take(c, ev)
-                    for chunk in self._chunks(c, ev, seen):
-                        yield chunk
+                async with aclosing(merge(streams, firsts, self._poll_gate)) as events:
+                    async for i, ev in events:
+                        c = self.choices[i]
+                        seen = len(c.logprobs)
+                        self._take(c, ev)
+                        for chunk in self._chunks(c, ev, seen):
+                            yield chunk
             except APIError as e:
                 status = e.status
                 yield sse.event(e.body())  # the last event says why the stream ends early
