@@ -196,3 +196,22 @@ def test_keys_are_redacted_from_log_lines():
                                "/v1/models?key=abc&token=def"), None)
     RedactKeys().filter(record)
     assert "abc" not in record.getMessage() and "def" not in record.getMessage()
+
+
+def test_recipe_serve_block_is_validated(tmp_path):
+    from compress.errors import CompressError
+    from compress.recipe import load_recipe
+    from compress.serve.options import serve_options
+
+    base = "schema_version: 1\nname: r\nmodel: m\ntiers: [{name: source}]\n"
+    (tmp_path / "ok.yaml").write_text(base + "serve: {slo_p95: 2.0, max_batch: 16}\n")
+    r = load_recipe(tmp_path / "ok.yaml")
+    assert r.serve.model_dump(exclude_unset=True) == {"slo_p95": 2.0, "max_batch": 16}
+    for bad, message in (("serve: {max_btach: 16}", "serve.max_btach: unknown key"),
+                         ("serve: {max_batch: 0}", "serve.max_batch"), ("serve: {route_floor: 2}", "serve.route_floor")):
+        (tmp_path / "bad.yaml").write_text(base + bad + "\n")
+        with pytest.raises(CompressError, match=message.replace(".", r"\.")):
+            load_recipe(tmp_path / "bad.yaml")
+    with pytest.raises(CompressError, match="--max-batch"):
+        serve_options(max_batch=0)
+    assert serve_options(max_body_mb=1).settings("cpu").max_body_bytes == 1 << 20
