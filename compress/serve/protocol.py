@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from compress.serve.sequence import SEED_LIMIT  # the engine takes 0 <= seed < 2**63
+
 MAX_LOGPROBS = 20  # top-k alternatives per token (vLLM's default max_logprobs)
 MAX_CHOICES = 128  # prompts x n per request
-SEED_LIMIT = 2**63  # the engine takes 0 <= seed < 2**63
 
 
 class APIError(Exception):
