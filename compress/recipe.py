@@ -11,7 +11,7 @@ eval: {perplexity: [builtin], tasks: [], max_tokens: 2048}   # compress.evaluate
 bench: {batch_sizes: [1, 4], prompt_len: 64, gen_len: 32}  # compress.bench.BenchConfig; null = skip
 gates:                                   # per tier name, or `default` for every non-baseline tier
   default: {min_recovery: {"ppl:*": 0.80}}
-serve: {...}                             # passed to `compress serve` (SLOs, budget, cache)
+serve: {slo_p95: 2.0}                    # compress.serve.options.ServeOptions: `compress serve`'s flags
 ```
 Every model here rejects unknown keys, so a typo is an error, not a silently ignored default.
 """
@@ -29,6 +29,7 @@ from compress.errors import CompressError
 from compress.formats import read_yaml_mapping
 from compress.evaluate.run import EvalConfig
 from compress.quantize.config import QuantizeConfig
+from compress.serve.options import ServeOptions
 
 SCHEMA_VERSION = 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -81,7 +82,7 @@ class Recipe(_Strict):
     bench: BenchConfig | None = BenchConfig(batch_sizes=[1, 4], prompt_len=64, gen_len=32)
     gates: dict[str, GateSpec] = {}
     price_per_hour: float | None = None  # of the machine that serves: cost per 1k tokens derives from it
-    serve: dict[str, Any] = {}
+    serve: ServeOptions = ServeOptions()
 
     @field_validator("schema_version")
     @classmethod

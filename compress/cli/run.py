@@ -41,7 +41,7 @@ def run(
     if serve:
         from compress.cli.serve import serve as serve_cmd
 
-        serve_cmd(manifest=result.manifest, **r.serve)
+        serve_cmd(manifest=result.manifest, **r.serve.model_dump(exclude_unset=True))
     if not result.passed:
         raise typer.Exit(1)
 

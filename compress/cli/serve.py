@@ -36,44 +36,17 @@ def serve(
     budget_window: Annotated[float, typer.Option(help="Budget window in seconds.")] = 3600.0,
     budget_hard: Annotated[bool, typer.Option("--budget-hard/--budget-soft", help="Refuse (429) once a budget is spent, or only alert.")] = False,
     alert_webhook: Annotated[Optional[str], typer.Option(help="URL that budget alerts are POSTed to as JSON.")] = None,
-    shutdown_timeout: Annotated[float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM.")] = 60.0,
+    shutdown_timeout: Annotated[float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM; then they get a 503.")] = 60.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB; larger ones get a 413.")] = 4.0,
+    header_timeout: Annotated[float, typer.Option(help="Seconds a connection may take to send its request headers.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a request body may pause between chunks (then 408).")] = 30.0,
 ) -> None:
     """Serve the manifest's tiers over an OpenAI-compatible HTTP API."""
+    options = {k: v for k, v in locals().items() if k != "manifest"}
     from compress import runtime
-    from compress.errors import CompressError
-    from compress.serve.app import ServeSettings
-    from compress.serve.budget import BudgetConfig
     from compress.serve.app import serve as run
+    from compress.serve.options import serve_options
 
-    if (max_batch < 1 or max_queue < 0 or max_wait_ms < 0 or cache_ttl < 0 or not 0 <= route_floor <= 1
-            or not 0 <= route_keep <= 1):
-        raise CompressError("--max-batch must be >= 1; --max-queue, --max-wait-ms, --cache-ttl >= 0; "
-                            "--route-floor and --route-keep in [0, 1]")
-    if (slo_p95 is not None and slo_p95 <= 0) or (slo_batch_p95 is not None and slo_batch_p95 <= 0):
-        raise CompressError("--slo-p95 and --slo-batch-p95 must be > 0 seconds")
-    if slo_window <= 0:
-        raise CompressError("--slo-window must be > 0 seconds")
-    slos = {c: v for c, v in (("interactive", slo_p95), ("batch", slo_batch_p95)) if v is not None}
-    keys = list(api_key or [])
-    if api_keys_file is not None:
-        if not api_keys_file.is_file():
-            raise CompressError(f"API keys file not found: {api_keys_file}")
-        keys += [ln.strip() for ln in api_keys_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-        if not keys:
-            raise CompressError(f"{api_keys_file}: no API keys in it")
-    if rate_limit_rpm is not None and rate_limit_rpm < 1:
-        raise CompressError("--rate-limit-rpm must be >= 1")
-    budget = None
-    if budget_tokens is not None or budget_cost is not None or key_budget_tokens is not None:
-        if budget_window <= 0:
-            raise CompressError("--budget-window must be > 0 seconds")
-        budget = BudgetConfig(window_s=budget_window, max_tokens=budget_tokens, max_cost=budget_cost,
-                              key_max_tokens=key_budget_tokens, hard=budget_hard)
-    settings = ServeSettings(max_queue=max_queue, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                             api_keys=keys, rate_limit_rpm=rate_limit_rpm, device=device or runtime.default_device(),
-                             cache_ttl_s=cache_ttl, cache_max_bytes=int(cache_max_mb * (1 << 20)),
-                             cache_db=str(cache_db) if cache_db else None,
-                             route_floor=route_floor, route_keep=route_keep, slo_p95_s=slos, slo_window_s=slo_window,
-                             alert_webhook=alert_webhook,
-                             budget=budget)
-    run(str(manifest), settings, host=host, port=port, shutdown_timeout_s=shutdown_timeout)
+    opts = serve_options(**options)
+    settings = opts.settings(runtime.default_device())
+    run(str(manifest), settings, host=opts.host, port=opts.port, shutdown_timeout_s=opts.shutdown_timeout)

@@ -66,12 +66,19 @@ def run_tasks(model, tokenizer, names: list[str], task_dir: str | Path | None = 
     """{task: {"metrics": {name: value}, "stderr": {name: value}, "samples": n, "version": v}}"""
     if not names:
         return {}
-    from lm_eval import evaluator
     from lm_eval.models.huggingface import HFLM
+
+    return run_tasks_on(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), names, task_dir, limit,
+                        num_fewshot, seed)
+
+
+def run_tasks_on(lm, names: list[str], task_dir: str | Path | None = None, limit: int | None = None,
+                 num_fewshot: int | None = None, seed: int = 0) -> dict[str, dict]:
+    """The tasks on any lm_eval model object (HFLM on a loaded model, or an API model for an endpoint)."""
+    from lm_eval import evaluator
 
     tm = check_tasks(names, task_dir)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
         out = evaluator.simple_evaluate(
             model=lm, tasks=names, task_manager=tm, limit=limit, num_fewshot=num_fewshot,

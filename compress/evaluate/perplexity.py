@@ -35,31 +35,32 @@ class PerplexityResult:
         return asdict(self)
 
 
-@torch.no_grad()
-def perplexity(model, tokenizer, texts: list[str], context_len: int = 1024, stride: int | None = None,
-               max_tokens: int | None = None, progress: bool = False) -> PerplexityResult:
-    stride = stride or context_len
+def windows(n_tokens: int, context_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, n_new) per window over a stream of `n_tokens`: score the last n_new tokens of ids[begin:end]."""
+    out, prev_end = [], 0
+    for begin in range(0, n_tokens - 1, stride):
+        end = min(begin + context_len, n_tokens)
+        out.append((begin, end, end - max(prev_end, begin + 1)))  # the window's first token is never scored
+        prev_end = end
+        if end == n_tokens:
+            break
+    return out
+
+
+def score_stream(ids: torch.Tensor, tokenizer, context_len: int, stride: int, window_nll, progress: bool = False
+                 ) -> PerplexityResult:
+    """Perplexity of a token stream, `window_nll(window ids [S], n_new)` giving the summed NLL (nats) of
+    the window's last n_new tokens: a local model or a remote endpoint."""
     if not 0 < stride <= context_len:
         raise CompressError(f"stride must be in 1..context_len ({context_len}), got {stride}")
-    ids = tokenize_stream(tokenizer, texts, max_tokens=max_tokens)
     if len(ids) < 2:
         raise CompressError("perplexity text is too short (fewer than 2 tokens)")
-    device = next(model.parameters()).device
-    nll_sum, scored, prev_end = 0.0, 0, 0
-    starts = list(range(0, len(ids) - 1, stride))
-    for begin in tqdm(starts, desc="perplexity", disable=not progress, leave=False):
-        end = min(begin + context_len, len(ids))
-        window = ids[begin:end].to(device)[None]  # [1, S]
-        logits = model(window).logits[0, :-1].float()  # [S-1, V]
-        targets = window[0, 1:]
-        n_new = end - max(prev_end, begin + 1)  # tokens not yet scored (the window's first is never scored)
-        losses = F.cross_entropy(logits[-n_new:], targets[-n_new:], reduction="sum")
-        nll_sum += losses.item()
+    nll_sum, scored, end = 0.0, 0, 0
+    for begin, end, n_new in tqdm(windows(len(ids), context_len, stride), desc="perplexity", disable=not progress,
+                                  leave=False):
+        nll_sum += window_nll(ids[begin:end], n_new)
         scored += n_new
-        prev_end = end
-        if end == len(ids):
-            break
-    text_bytes = len(tokenizer.decode(ids[1:prev_end], skip_special_tokens=True).encode("utf-8"))
+    text_bytes = len(tokenizer.decode(ids[1:end], skip_special_tokens=True).encode("utf-8"))
     return PerplexityResult(
         perplexity=math.exp(nll_sum / scored),
         bits_per_byte=nll_sum / math.log(2) / max(1, text_bytes),
@@ -69,3 +70,19 @@ def perplexity(model, tokenizer, texts: list[str], context_len: int = 1024, stri
         context_len=context_len,
         stride=stride,
     )
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, texts: list[str], context_len: int = 1024, stride: int | None = None,
+               max_tokens: int | None = None, progress: bool = False) -> PerplexityResult:
+    stride = stride or context_len
+    ids = tokenize_stream(tokenizer, texts, max_tokens=max_tokens)
+    device = next(model.parameters()).device
+
+    def window_nll(window: torch.Tensor, n_new: int) -> float:
+        window = window.to(device)[None]  # [1, S]
+        logits = model(window).logits[0, :-1].float()  # [S-1, V]
+        targets = window[0, 1:]
+        return F.cross_entropy(logits[-n_new:], targets[-n_new:], reduction="sum").item()
+
+    return score_stream(ids, tokenizer, context_len, stride, window_nll, progress)

@@ -20,6 +20,7 @@ from compress.errors import CompressError
 from compress.formats import validation_message
 from compress.evaluate import harness
 from compress.evaluate.perplexity import perplexity
+from compress.evaluate.remote import parse_spec
 from compress.evaluate.results import (
     BaselineInfo, EvalResult, EvalSettings, ModelInfo, PerplexityEntry, TaskEntry, check_comparable,
     load_eval, recovery,
@@ -43,6 +44,8 @@ class EvalConfig(BaseModel):
     max_tokens: int | None = Field(None, ge=2)  # perplexity tokens per source
     device: str | None = None
     seed: int = 0
+    tokenizer: str | None = None  # URL#MODEL: the served model's tokenizer (local dir or hub id)
+    max_length: int = Field(2048, ge=2)  # URL#MODEL: longest context lm-eval sends
 
 
 def make_eval_config(**kwargs) -> EvalConfig:
@@ -58,7 +61,10 @@ def make_eval_config(**kwargs) -> EvalConfig:
     return cfg
 
 
-def default_output(ref: ModelRef) -> Path:
+def default_output(model: str) -> Path:
+    if parse_spec(model) is not None:
+        raise CompressError(f"{model} is an endpoint: pass --output FILE.json")
+    ref = resolve(model)
     if ref.kind in ("dir", "artifact"):
         return Path(ref.path) / EVAL_FILE
     raise CompressError(f"{ref.spec} is not a directory: pass --output FILE.json")
@@ -82,8 +88,12 @@ def model_info(ref: ModelRef) -> ModelInfo:
 
 
 def evaluate(model: str, cfg: EvalConfig, baseline: str | None = None, progress: bool = True) -> EvalResult:
-    """Measure MODEL; with `baseline` (a model or an eval JSON), add recovery ratios per metric."""
-    ref = resolve(model)
+    """Measure MODEL (a local model, or `URL#MODEL`: an OpenAI-compatible endpoint); with `baseline`
+    (a model or an eval JSON), add recovery ratios per metric."""
+    if parse_spec(model) is None:
+        resolve(model)
+    elif cfg.tokenizer is None:
+        raise CompressError(f"{model}: an endpoint needs --tokenizer (the served model's tokenizer)")
     # Everything that can fail cheaply fails before a model is loaded.
     texts = {source_key(s): load_texts(s) for s in cfg.perplexity}
     if cfg.tasks:
@@ -91,17 +101,53 @@ def evaluate(model: str, cfg: EvalConfig, baseline: str | None = None, progress:
     base_result = None
     if baseline is not None and baseline.endswith(".json"):
         base_result = load_eval(baseline)
-    elif baseline is not None:
+    elif baseline is not None and parse_spec(baseline) is None:
         resolve(baseline)
-    result = _measure(ref, cfg, texts, progress)
+    result = _measure_spec(model, cfg, texts, progress)
     if baseline is not None:
         if base_result is None:
-            base_result = _measure(resolve(baseline), cfg, texts, progress)
+            base_result = _measure_spec(baseline, cfg, texts, progress)
         check_comparable(result.settings, base_result.settings, f"baseline {baseline}")
         result.baseline = BaselineInfo(spec=baseline, metrics=base_result.metrics)
         result.recovery = recovery(result.metrics, base_result.metrics, result.higher_is_better)
         if not result.recovery:
             raise CompressError(f"baseline {baseline} shares no metric with this evaluation")
+    return result
+
+
+def _measure_spec(spec: str, cfg: EvalConfig, texts: dict[str, list[str]], progress: bool) -> EvalResult:
+    remote = parse_spec(spec)
+    return _measure_remote(spec, *remote, cfg, texts, progress) if remote else _measure(resolve(spec), cfg, texts,
+                                                                                      progress)
+
+
+def _measure_remote(spec: str, url: str, model: str, cfg: EvalConfig, texts: dict[str, list[str]],
+                    progress: bool) -> EvalResult:
+    """The same measurements through an endpoint: the same windows, the same lm-eval tasks."""
+    from compress.evaluate.remote import Endpoint, remote_perplexity, remote_tasks
+
+    t0 = time.perf_counter()
+    tok = load_tokenizer(cfg.tokenizer)
+    stride = cfg.stride or cfg.context_len
+    endpoint = Endpoint(url, model)
+    try:
+        ppl = {key: PerplexityEntry(source=key, **remote_perplexity(
+                   endpoint, tok, docs, cfg.context_len, stride, cfg.max_tokens, progress).to_dict())
+               for key, docs in texts.items()}
+    finally:
+        endpoint.close()
+    tasks = remote_tasks(url, model, cfg.tokenizer, cfg.tasks, cfg.task_dir, cfg.limit, cfg.batch_size,
+                         cfg.num_fewshot, cfg.seed, cfg.max_length)
+    result = EvalResult(
+        model=ModelInfo(spec=spec, kind="remote", path=url),
+        settings=EvalSettings(context_len=cfg.context_len, stride=stride, max_tokens=cfg.max_tokens,
+                              limit=cfg.limit, batch_size=cfg.batch_size, num_fewshot=cfg.num_fewshot,
+                              device="remote", dtype="unknown", seed=cfg.seed),
+        perplexity=ppl, tasks={k: TaskEntry(**v) for k, v in tasks.items()},
+        versions=runtime.library_versions(), hardware=runtime.hardware(), created_at=now_iso(),
+        time_s=round(time.perf_counter() - t0, 2),
+    )
+    result.flatten()
     return result
 
 

@@ -1,8 +1,10 @@
 """`compress serve`: an OpenAI-compatible server over the tiers of a manifest.
 
 Request path (one home per step):
-  app.py (HTTP handlers, auth, errors) -> router.py (model id -> tiers; `auto` by difficulty, or
-  by learned.py's per-tier predicted success when the manifest names a router.json) -> engine.py
+  app.py (HTTP routes, errors; edge.py: body limit, read timeouts, log redaction) -> pipeline.py (the
+  request's steps: auth, limits, route, SLO admission, cache in steps.py; dispatch.py tries the tiers;
+  local.py shapes a local engine's answer, params.py maps a request to SamplingParams) -> router.py
+  (model id -> tiers; `auto` by difficulty, or by learned.py's per-tier predicted success when the manifest names a router.json) -> engine.py
   (per-tier async front end: one queue per request, fed by one background engine loop thread) ->
   batcher.py (continuous-batching scheduler: waiting queue, admission, step bookkeeping; no
   model) -> runner.py (the HF model: batched left-padded prefill and decode over a shared KV cache).
