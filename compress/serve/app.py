@@ -35,6 +35,9 @@ from compress.serve.budget import Alert, BudgetConfig, BudgetTracker, RateLimite
 from compress.serve.cache import ResponseCache, SqliteResponseCache
 from compress.serve.router import Router
 from compress.serve.slo import SLOConfig, SLOController
+from compress.serve.dashboard import router as dashboard_router
+from compress.serve.history import History
+from compress.serve.series import ExtraSeries
 
 log = logging.getLogger("compress.serve")
 _ACCOUNT: contextvars.ContextVar[str | None] = contextvars.ContextVar("compress_account", default=None)
@@ -154,6 +157,9 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
 
     budget = BudgetTracker(settings.budget, on_alert, start=time.time()) if settings.budget else None
     limiter = RateLimiter(settings.rate_limit_rpm) if settings.rate_limit_rpm else None
+    extra = ExtraSeries(metrics.registry, targets, budget)  # dashboard/alert series (series.py)
+    history = History(metrics.registry)  # per-minute aggregates for /dashboard (history.py)
+    app.include_router(dashboard_router(history, settings.api_keys))
 
     def engines_() -> list[AsyncEngine]:
         return list(state["engines"].values())
@@ -161,6 +167,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
     def finished(tier: str, cls: str, start: float) -> None:
         latency = time.monotonic() - start
         metrics.e2e.labels(tier, cls).observe(latency)
+        extra.observe(tier, cls, latency)
         if slo is not None:
             slo.observe(cls, latency, time.monotonic())
 
