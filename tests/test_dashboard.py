@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib.util
 import re
 
 import httpx
 import pytest
+import yaml
 
 from compress.errors import CompressError
 from compress.serve import panels as PN
@@ -151,3 +153,25 @@ def test_weekly_review_from_the_server(server, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["report", "--serve", server.url, "--period", "soon", "--output", str(tmp_path / "y.html")])
     assert e.value.code == 2 and not (tmp_path / "y.html").exists()
+
+
+def test_grafana_board_is_generated_and_filters_by_tier():
+    import json
+
+    from tests.serve_helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("make_dashboard", REPO / "deploy/grafana/make_dashboard.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    board = json.loads((REPO / "deploy/grafana/compress-dashboard.json").read_text())
+    assert board == gen.dashboard()  # the committed JSON is what the generator writes
+    tier = {v["name"]: v for v in board["templating"]["list"]}["tier"]
+    assert tier["includeAll"] and "label_values(compress_requests_total, tier)" in tier["definition"]
+    groups = yaml.safe_load((REPO / "deploy/prometheus/compress-rules.yml").read_text())["groups"]
+    recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
+    per_tier = [t["expr"] for p in board["panels"] for t in p["targets"] if "$tier" in t["expr"]]
+    assert len(per_tier) >= 10
+    for p in board["panels"]:
+        for t in p["targets"]:
+            for name in re.findall(r"\b([a-z_]+:[a-z0-9_]+:[a-z0-9_]+)\b", t["expr"]):
+                assert name in recorded, name  # every recorded series the board reads exists
