@@ -91,6 +91,16 @@ def test_prometheus_scrapes_the_server_and_records_cost_per_request(tmp_path, ti
             assert got[tier] == pytest.approx(sum(costs) / len(costs), rel=1e-6), (tier, got, costs)
         p95 = _query(prom, "tier_class:compress_e2e_latency_seconds:p95_5m")
         assert {(x["metric"]["tier"], x["metric"]["class"]) for x in p95} >= {("tiny-a", "interactive")}
+        # The weekly review reads the same figures from Prometheus (increase() per step, so approximate).
+        from compress.review import frames_from_prometheus, write_review
+        from compress.serve.panels import summary_rows
+
+        now = time.time()
+        rows = {r["tier"]: r for r in summary_rows(frames_from_prometheus(prom, now - 600, now, 60),
+                                                  by=lambda k: (k[0], ""))}
+        assert set(rows) == {"tiny-a", "tiny-b"} and all(r["requests"] > 0 and r["cost"] > 0 for r in rows.values())
+        page = write_review(tmp_path / "weekly.html", prometheus_url=prom, period_s=600, step_s=60).read_text()
+        assert "<td>tiny-a</td>" in page and "source: Prometheus" in page
         # Every query of the Grafana board runs on this Prometheus; the traffic panels have data.
         board = json.loads(GRAFANA.read_text())
         for panel in board["panels"]:
