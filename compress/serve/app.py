@@ -40,6 +40,9 @@ from compress.serve.protocol import APIError
 from compress.serve.remote import RemoteTier
 from compress.serve.router import Router
 from compress.serve.slo import SLOConfig, SLOController
+from compress.serve.dashboard import router as dashboard_router
+from compress.serve.history import History
+from compress.serve.series import ExtraSeries
 from compress.serve.steps import Auth, Cache, Limits, Route, SLOAdmission
 
 log = logging.getLogger("compress.serve")
@@ -97,6 +100,7 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
     app = FastAPI(title="compress serve", lifespan=lifespan)
     app.state.pipeline, app.state.shutdown_gate, app.state.metrics = pipeline, gate, metrics
     _error_handlers(app)
+    app.include_router(dashboard_router(History(metrics.registry), settings.api_keys))  # /dashboard (dashboard.py)
     auth = pipeline.steps[0]
 
     @app.get("/health")
@@ -144,12 +148,14 @@ def _pipeline(manifest: Manifest, settings: ServeSettings, metrics: ServeMetrics
     limiter = RateLimiter(settings.rate_limit_rpm) if settings.rate_limit_rpm else None
     accounts = Accounts(metrics, settings.budget, settings.alert_webhook)
     cache = Cache(store, settings.cache_ttl_s, metrics)
+    extra = ExtraSeries(metrics.registry, targets, accounts.budget)  # dashboard and alert series (series.py)
 
     def on_close(ctx: RequestContext, status: int) -> None:
         metrics.requests.labels(ctx.tier, str(status), ctx.cls).inc()
         if status == 200 and not ctx.cache_hit:
             latency = time.monotonic() - ctx.start
             metrics.e2e.labels(ctx.tier, ctx.cls).observe(latency)
+            extra.observe(ctx.tier, ctx.cls, latency)
             if slo is not None:
                 slo.observe(ctx.cls, latency, time.monotonic())
 

@@ -97,6 +97,12 @@ class BudgetTracker:
                     return f"cost budget of {max_cost:g} per {self.config.window_s:g} s is spent"
         return None
 
+    def spent(self, now: float) -> tuple[int, float, float]:
+        """Global (tokens, cost) spent in the current window, and the seconds of the window elapsed."""
+        with self._lock:
+            s = self._get(GLOBAL, now)
+            return s.tokens, s.cost, now - (self.start + s.window * self.config.window_s)
+
     def record(self, api_key: str | None, tokens: int, cost: float | None, now: float) -> list[Alert]:
         alerts: list[Alert] = []
         with self._lock:
