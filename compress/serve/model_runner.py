@@ -224,7 +224,7 @@ class ModelRunner:
         (batch, length) graph up to `kv_limit` keys captured, largest first, so no request pays for a capture."""
         ids = self.tokenizer("A short prompt to warm the model up.")["input_ids"] or [0]
         seqs = [Sequence(f"warmup-{n}", ids[:n], SamplingParams(max_tokens=2), 0.0)
-                for n in (len(ids), max(1, len(ids) // 2))]
+                for n in (len(ids), max(1, len(ids) // 2))[:self.cache.slots]]
         self.prefill(seqs)
         self.decode(seqs)
         self.remove(seqs)
