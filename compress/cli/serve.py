@@ -40,6 +40,8 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB; larger ones get a 413.")] = 4.0,
     header_timeout: Annotated[float, typer.Option(help="Seconds a connection may take to send its request headers.")] = 10.0,
     body_timeout: Annotated[float, typer.Option(help="Seconds a request body may pause between chunks (then 408).")] = 30.0,
+    max_model_len: Annotated[Optional[int], typer.Option(help="Tokens (prompt + answer) a KV slot holds (default: the model's context, at most 8192 on a GPU, 2048 on a CPU).")] = None,
+    prefill_budget: Annotated[Optional[int], typer.Option(help="Prompt tokens prefilled per engine step: bounds how long a long prompt stalls running streams (default 2048 on a GPU, 512 on a CPU).")] = None,
 ) -> None:
     """Serve the manifest's tiers over an OpenAI-compatible HTTP API."""
     options = {k: v for k, v in locals().items() if k != "manifest"}

@@ -68,6 +68,8 @@ class ServeSettings:
     max_body_bytes: int = 4 << 20  # larger request bodies get a 413
     header_timeout_s: float = 10.0  # a connection's request headers must arrive within this
     body_timeout_s: float = 30.0  # the body must keep arriving: at most this between its chunks
+    max_model_len: int | None = None  # tokens a KV slot holds; None: load_engine's default
+    prefill_budget: int | None = None  # prompt tokens prefilled per engine step; None: load_engine's default
 
 
 def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, AsyncEngine] | None = None) -> FastAPI:
@@ -85,7 +87,8 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
                     log.info("loading tier %s from %s", tier.name, tier.path)
                     tiers.engines[tier.name] = await asyncio.to_thread(
                         load_engine, tier, settings.device, max_batch=settings.max_batch,
-                        max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue, metrics=metrics)
+                        max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue, metrics=metrics,
+                        max_len=settings.max_model_len, prefill_budget=settings.prefill_budget)
             else:
                 tiers.remotes[tier.name] = RemoteTier(tier)
         for eng in tiers.engines.values():

@@ -41,6 +41,8 @@ class ServeOptions(BaseModel):
     max_body_mb: float = Field(4.0, gt=0)
     header_timeout: float = Field(10.0, gt=0)
     body_timeout: float = Field(30.0, gt=0)
+    max_model_len: int | None = Field(None, ge=16)
+    prefill_budget: int | None = Field(None, ge=16)
 
     @model_validator(mode="after")
     def _keys_file(self) -> "ServeOptions":
@@ -74,7 +76,8 @@ class ServeOptions(BaseModel):
             cache_max_bytes=int(self.cache_max_mb * (1 << 20)), cache_db=str(self.cache_db) if self.cache_db else None,
             route_floor=self.route_floor, route_keep=self.route_keep, slo_p95_s=slos, slo_window_s=self.slo_window,
             alert_webhook=self.alert_webhook, budget=budget, max_body_bytes=int(self.max_body_mb * (1 << 20)),
-            header_timeout_s=self.header_timeout, body_timeout_s=self.body_timeout)
+            header_timeout_s=self.header_timeout, body_timeout_s=self.body_timeout,
+            max_model_len=self.max_model_len, prefill_budget=self.prefill_budget)
 
 
 def serve_options(**values) -> ServeOptions:
