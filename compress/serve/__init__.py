@@ -6,9 +6,12 @@ Request path (one home per step):
   local.py shapes a local engine's answer, params.py maps a request to SamplingParams) -> router.py
   (model id -> tiers; `auto` by difficulty, or by learned.py's per-tier predicted success when the manifest names a router.json) -> engine.py
   (per-tier async front end: one queue per request, fed by one background engine loop thread) ->
-  batcher.py (continuous-batching scheduler: waiting queue, admission, step bookkeeping; no
-  model) -> runner.py (the HF model: batched left-padded prefill and decode over a shared KV cache).
+  batcher.py (continuous-batching scheduler: waiting queue, admission, chunked prefill, step bookkeeping;
+  no model; sequence.py holds a request's state, detokenize.py the incremental detokenizer) ->
+  model_runner.py (the HF model over slots.py's KV cache in slots, attention.py's slot attention
+  registered with transformers, the decode step replayed as CUDA graphs, sampling.py on the device).
 Remote tiers go through remote.py instead of an engine. cache.py is the per-user response cache,
 slo.py the SLO controller (tighter batching, smaller tiers, then shedding), protocol.py the
-request/response types, metrics.py the Prometheus metrics.
+request/response types, metrics.py the Prometheus metrics; history.py, panels.py and dashboard.py
+the /dashboard page, series.py the extra series its alerts need.
 """
