@@ -64,7 +64,7 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
                                  source="calibration data")
     source_dtype = _source_dtype(ref)
     t0 = time.perf_counter()
-    plan = _budget_plan(src, cfg, calib_ids, device)
+    plan = _budget_plan(src, cfg, calib_ids, device, 32 if source_dtype == "float32" else 16)
     with atomic_dir(output, overwrite) as tmp:
         probe = verify.probe_ids(tokenizer)
         packed = cfg.method in (Method.gptq.value, Method.rtn.value)
@@ -107,11 +107,11 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
                           bpw["bits_per_weight"] if bpw else None)
 
 
-def _budget_plan(src: str, cfg: QuantizeConfig, calib_ids, device: str):
+def _budget_plan(src: str, cfg: QuantizeConfig, calib_ids, device: str, keep_bits: int):
     """A `--bits-budget` run's per-layer widths, from sensitivity measured on the calibration blocks."""
     if cfg.bits_budget is None:
         return None
-    return budget.plan(src, calib_ids, cfg.bits_budget, cfg.base_bits, cfg.group_size, cfg.sym, device)
+    return budget.plan(src, calib_ids, cfg.bits_budget, cfg.base_bits, cfg.group_size, cfg.sym, device, keep_bits)
 
 
 def quality_check(model, texts: list[str], tokenizer) -> float:

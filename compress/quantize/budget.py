@@ -26,12 +26,12 @@ import torch
 
 from compress.errors import CompressError
 
-KEEP_WIDTH = 16
+KEEP_WIDTH = 16  # a kept layer's bits in a bf16/fp16 source (32 in an fp32 one: `keep_bits`)
 
 
 @dataclass
 class Plan:
-    widths: dict[str, int]  # decoder Linear name → 4 or 16
+    widths: dict[str, int]  # decoder Linear name → 4 or the source dtype's width (kept unquantized)
     scores: dict[str, float]  # name → estimated loss increase at the base width
     planned_bits_per_weight: float
 
@@ -94,21 +94,21 @@ def fisher_scores(model, calib_ids: torch.Tensor, bits: int, group_size: int, sy
 
 
 def choose_widths(shapes: dict[str, tuple[int, int]], scores: dict[str, float], budget: float,
-                  base_bits: int, group_size: int) -> Plan:
-    """Keep the layers whose score per extra bit is highest at 16 bits while the average stays ≤ budget."""
+                  base_bits: int, group_size: int, keep_bits: int = KEEP_WIDTH) -> Plan:
+    """Keep unquantized the layers with the highest score per extra bit while the average stays ≤ budget."""
     base = {n: packed_bits(i, o, base_bits, group_size) * i * o for n, (o, i) in shapes.items()}
     params = sum(o * i for o, i in shapes.values())
     check_floor(shapes, budget, base_bits, group_size)
     spare = budget * params - sum(base.values())
     widths = dict.fromkeys(shapes, base_bits)
-    extra = {n: KEEP_WIDTH * o * i - base[n] for n, (o, i) in shapes.items()}
+    extra = {n: keep_bits * o * i - base[n] for n, (o, i) in shapes.items()}
     for n in sorted(shapes, key=lambda n: scores[n] / extra[n], reverse=True):
         if extra[n] <= spare and scores[n] > 0:
-            widths[n] = KEEP_WIDTH
+            widths[n] = keep_bits
             spare -= extra[n]
-    if all(w == KEEP_WIDTH for w in widths.values()):
-        raise CompressError(f"--bits-budget {budget:g} keeps every layer at {KEEP_WIDTH} bits: nothing to quantize")
-    used = sum(base[n] if widths[n] == base_bits else KEEP_WIDTH * o * i for n, (o, i) in shapes.items())
+    if all(w == keep_bits for w in widths.values()):
+        raise CompressError(f"--bits-budget {budget:g} keeps every layer at {keep_bits} bits: nothing to quantize")
+    used = sum(base[n] if widths[n] == base_bits else keep_bits * o * i for n, (o, i) in shapes.items())
     return Plan(widths, scores, round(used / params, 4))
 
 
@@ -130,7 +130,7 @@ def _meta_shapes(src: str) -> dict[str, tuple[int, int]]:
 
 
 def plan(src: str, calib_ids: torch.Tensor, budget: float, base_bits: int, group_size: int, sym: bool,
-         device: str, max_blocks: int = 32) -> Plan:
+         device: str, keep_bits: int = KEEP_WIDTH, max_blocks: int = 32) -> Plan:
     """Measure sensitivity of the source model at `src` and pick widths under `budget`."""
     from compress.models import load_causal_lm
 
@@ -141,7 +141,7 @@ def plan(src: str, calib_ids: torch.Tensor, budget: float, base_bits: int, group
     model = load_causal_lm(src, device=device, dtype=torch.float32)
     scores = fisher_scores(model, calib_ids[:max_blocks], base_bits, group_size, sym)
     del model
-    return choose_widths(shapes, scores, budget, base_bits, group_size)
+    return choose_widths(shapes, scores, budget, base_bits, group_size, keep_bits)
 
 
 def bits_per_weight(model_dir: str | Path) -> dict:
