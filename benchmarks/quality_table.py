@@ -73,10 +73,16 @@ def main() -> None:
     tok = load_tokenizer(src)
     texts = {"wikitext2-test": [Path(args.wikitext).read_text(encoding="utf-8")]}
     texts |= {Path(h).name.split(".")[0]: load_texts(h) for h in (args.heldout or ["builtin"])}
+    if args.max_tokens:  # tokenizing a whole 4 MB novel per row to keep its first N tokens costs minutes
+        texts = {k: _head(v, 8 * args.max_tokens) for k, v in texts.items()}
     kl_ids = tokenize_stream(tok, next(v for k, v in texts.items() if k != "wikitext2-test"), args.kl_tokens)
     source = load_causal_lm(src, device=device)
     model_info = dict(spec=str(model_spec), q41_grid_share=q41_grid_share(source))
-    rows = []
+    rows: list[dict] = []
+    result = dict(benchmark="quality_table", created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  model=model_info, device=device, hardware=runtime.hardware(), versions=versions(),
+                  settings={k: v for k, v in vars(args).items() if k != "out"}, rows=rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for row in args.rows.split(","):
         for group in [int(g) for g in args.groups.split(",")] if row != "bf16" else [None]:
             if row == "nf4" and group != int(args.groups.split(",")[0]):
@@ -84,15 +90,14 @@ def main() -> None:
             for seed in [int(s) for s in args.seeds.split(",")] if row in CALIBRATED else [None]:
                 rows.append(run_row(row, group, seed, src, model_spec, tok, texts, kl_ids, source, args, device, work))
                 print(json.dumps(rows[-1]), flush=True)
-    result = dict(benchmark="quality_table", created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  model=model_info, device=device, hardware=runtime.hardware(), versions=versions(),
-                  settings={k: v for k, v in vars(args).items() if k != "out"}, rows=rows)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                result["complete"] = False  # written after every row: an interrupted run keeps what it measured
+                Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    result["complete"] = True
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def run_row(row, group, seed, src, model_spec, tok, texts, kl_ids, source, args, device, work) -> dict:
-    out = dict(row=row, group_size=group, seed=seed)
+    out = dict(row=row, group_size=64 if row == "nf4" else group, seed=seed)  # nf4: bitsandbytes' fixed block
     t0 = time.perf_counter()
     try:
         model, files = build(row, group, seed, src, model_spec, tok, args, device, work)
@@ -106,6 +111,17 @@ def run_row(row, group, seed, src, model_spec, tok, texts, kl_ids, source, args,
         out[f"ppl:{name}"], out[f"tokens:{name}"] = round(r.perplexity, 4), r.tokens_scored
     out["kl_to_source"] = round(kl_to_source(source, model, kl_ids, args.context), 5)
     del model
+    return out
+
+
+def _head(docs: list[str], chars: int) -> list[str]:
+    """The leading documents up to `chars` characters (more than --max-tokens tokens at ≤ 8 chars/token)."""
+    out, n = [], 0
+    for d in docs:
+        out.append(d[: chars - n])
+        n += len(out[-1])
+        if n >= chars:
+            break
     return out
 
 
