@@ -62,7 +62,8 @@ def main() -> None:
 
     measure("source (bf16 weights, fp32 compute)", src, None, "none")
     for name, plan in PLANS:
-        cfg = make_config(**plan, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen)
+        calib = dict(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen) if plan["method"] == "gptq" else {}
+        cfg = make_config(**plan, **calib)
         res = quantize(str(gguf), cfg, Path(args.work) / name, overwrite=True, device=device, measure_quality=False)
         measure(name, res.output, res.time_s, cfg.method)
 

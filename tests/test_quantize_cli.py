@@ -1,4 +1,7 @@
-"""`compress quantize` bad input: one line on stderr, exit code 2, nothing left behind."""
+"""`compress quantize` bad input: one line on stderr, exit code 2, nothing left behind.
+
+Every option that does not apply to the method is refused up front (before a model loads, except
+the budget floor, which needs the model's shapes), so compress.json never records an ignored option."""
 
 from __future__ import annotations
 
@@ -34,7 +37,25 @@ def _bad_cases(tmp_path, tiny_model, no_layers_model):
         "broken gguf": ([str(tmp_path / "fake.gguf"), "--method", "rtn"], "cannot load as a GGUF"),
         "int8 with 4 bits": ([m, "--method", "int8", "--bits", "4"], "8-bit only"),
         "gptq with 5 bits": ([m, "--method", "gptq", "--bits", "5"], "supports --bits"),
-        "rtn with act-order": ([m, "--method", "rtn", "--act-order"], "act-order"),
+        "rtn with act-order": ([m, "--method", "rtn", "--act-order"], "--act-order does not apply to --method rtn"),
+        "rtn with damp": ([m, "--method", "rtn", "--damp", "0.05"], "--damp does not apply to --method rtn"),
+        "rtn with calib": ([m, "--method", "rtn", "--calib", "builtin"], "--calib does not apply"),
+        "rtn with calib samples": ([m, "--method", "rtn", "--calib-samples", "8"], "--calib-samples does not apply"),
+        "rtn with seed": ([m, "--method", "rtn", "--seed", "1"], "--seed does not apply"),
+        "rtn with budget": ([m, "--method", "rtn", "--bits-budget", "4.5"], "--bits-budget does not apply"),
+        "int8 with group size": ([m, "--method", "int8", "--group-size", "64"], "--group-size does not apply to --method int8"),
+        "int8-wo with asym": ([m, "--method", "int8-wo", "--asym"], "--sym/--asym does not apply to --method int8-wo"),
+        "int8-wo with sym": ([m, "--method", "int8-wo", "--sym"], "--sym/--asym does not apply"),
+        "int8 with act-order": ([m, "--method", "int8", "--act-order"], "--act-order does not apply"),
+        "int8 with damp": ([m, "--method", "int8", "--damp", "0.1"], "--damp does not apply"),
+        "int8-wo with calib": ([m, "--method", "int8-wo", "--calib", "builtin"], "--calib does not apply"),
+        "int8-wo with seed": ([m, "--method", "int8-wo", "--seed", "3"], "--seed does not apply"),
+        "budget below 4 bits": ([m, "--method", "gptq", "--bits-budget", "3.5"], "--bits-budget must be above 4"),
+        "budget of exactly 4": ([m, "--method", "gptq", "--bits-budget", "4"], "--bits-budget must be above 4"),
+        "budget above 16": ([m, "--method", "gptq", "--bits-budget", "16.5"], "at most 16"),
+        "budget with bits": ([m, "--method", "gptq", "--bits", "4", "--bits-budget", "4.5"], "not both"),
+        "budget under the g128 floor": ([m, "--method", "gptq", "--bits-budget", "4.1", "--calib-samples", "4",
+                                         "--calib-seqlen", "64"], "below uniform 4-bit"),
         "too little calibration": ([m, "--method", "gptq", "--group-size", "32", "--calib", str(tmp_path / "small.txt")],
                                    "calibration data too small"),
         "missing calibration file": ([m, "--method", "gptq", "--calib", str(tmp_path / "nope.jsonl")], "not found"),

@@ -20,7 +20,7 @@ from compress.artifacts import ArtifactMeta, SourceInfo, atomic_dir, check_outpu
 from compress.data import load_texts, split_heldout, token_blocks
 from compress.errors import CompressError
 from compress.models import ModelRef, checkpoint_dir, fingerprint, load_causal_lm, load_tokenizer, read_config, resolve
-from compress.quantize import verify
+from compress.quantize import budget, verify
 from compress.quantize.config import Method, QuantizeConfig, make_config
 
 __all__ = ["QuantizeConfig", "QuantizeResult", "make_config", "quantize", "quality_check"]
@@ -37,11 +37,12 @@ ROUNDTRIP_TOLERANCE = 0.02
 class QuantizeResult:
     output: str
     method: str
-    bits: int
+    bits: int | None  # None: per-layer widths from --bits-budget
     group_size: int | None
     size_bytes: int
     time_s: float
     perplexity: float | None
+    bits_per_weight: float | None = None  # decoder Linear layers, scales and zeros included (from the files)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,12 +64,17 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
                                  source="calibration data")
     source_dtype = _source_dtype(ref)
     t0 = time.perf_counter()
+    plan = _budget_plan(src, cfg, calib_ids, device, 32 if source_dtype == "float32" else 16)
     with atomic_dir(output, overwrite) as tmp:
         probe = verify.probe_ids(tokenizer)
-        if cfg.method in (Method.gptq.value, Method.rtn.value):
+        packed = cfg.method in (Method.gptq.value, Method.rtn.value)
+        if packed:
             from compress.quantize.gptq import quantize_gptq
 
-            extra = quantize_gptq(src, cfg, calib_ids, tmp, device, source_dtype)
+            extra = quantize_gptq(src, cfg, calib_ids, tmp, device, source_dtype, plan.widths if plan else None)
+            if plan:
+                extra["budget"] = {"widths": plan.widths, "scores": plan.scores,
+                                   "planned_bits_per_weight": plan.planned_bits_per_weight}
             reference = verify.logits(verify.dequantized_reference(tmp), probe)
         else:
             from compress.quantize.int8 import quantize_int8
@@ -83,8 +89,11 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
                                 f"(max logit difference {err:.2%} of the logit scale); nothing was written")
         ppl = quality_check(reloaded, heldout_texts, tokenizer) if measure_quality else None
         del reloaded
-        resolved = cfg.model_dump(mode="json") | {"backend": _jsonable(extra), "device": device}
+        resolved = cfg.applied() | {"backend": _jsonable(extra), "device": device}
         metrics = {"roundtrip_max_rel_logit_error": err}
+        bpw = budget.bits_per_weight(tmp) if packed else None
+        if bpw:
+            metrics |= bpw
         if ppl is not None:
             metrics |= {"heldout_perplexity": ppl, "heldout_tokens": QUALITY_TOKENS}
         write_meta(tmp, ArtifactMeta(
@@ -94,8 +103,15 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
             created_at=now_iso(), metrics=metrics,
         ))
         size = dir_size_bytes(tmp, "*.safetensors")
-    return QuantizeResult(str(output), cfg.method, cfg.bits, cfg.group_size if cfg.method in ("gptq", "rtn") else None,
-                          size, round(elapsed, 2), ppl)
+    return QuantizeResult(str(output), cfg.method, cfg.bits, cfg.group_size, size, round(elapsed, 2), ppl,
+                          bpw["bits_per_weight"] if bpw else None)
+
+
+def _budget_plan(src: str, cfg: QuantizeConfig, calib_ids, device: str, keep_bits: int):
+    """A `--bits-budget` run's per-layer widths, from sensitivity measured on the calibration blocks."""
+    if cfg.bits_budget is None:
+        return None
+    return budget.plan(src, calib_ids, cfg.bits_budget, cfg.base_bits, cfg.group_size, cfg.sym, device, keep_bits)
 
 
 def quality_check(model, texts: list[str], tokenizer) -> float:

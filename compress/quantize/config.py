@@ -1,4 +1,10 @@
-"""QuantizeConfig: the one validated description of a quantization run (defaults live here)."""
+"""QuantizeConfig: the one validated description of a quantization run (defaults live here).
+
+Every option either applies to the chosen method or is refused before any model loads: `None`
+means "not given", the validator fills in the method's defaults for the options that apply and
+rejects a given option that does not. `model_dump(exclude_none=True)` is then exactly what applied,
+and that is what `compress.json` records.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,34 @@ from compress.errors import CompressError
 
 
 class Method(str, Enum):
-    gptq = "gptq"  # Hessian-based error compensation (gptqmodel), packed int4/int8/int3/int2
+    gptq = "gptq"  # Hessian-based error compensation (gptqmodel), packed int2/3/4/8
     rtn = "rtn"  # round-to-nearest, same packing: the baseline GPTQ must beat
     int8 = "int8"  # bitsandbytes LLM.int8(): int8 weights, fp16 outlier columns
     int8_wo = "int8-wo"  # torchao int8 weight-only, per output channel
 
 
-PACKED_BITS = {2, 3, 4, 8}  # what gptqmodel's GPTQ format packs
+PACKED_BITS = {2, 3, 4, 8}  # what gptqmodel's GPTQ format packs (3 bits span 32-bit words; verify unpacks all)
+
+# Each option, the methods it applies to, and its default there. An option given for a method
+# outside its set is refused; one not given gets the default only where it applies.
+APPLIES: dict[str, tuple[set[str], object]] = {
+    "group_size": ({"gptq", "rtn"}, 128),
+    "sym": ({"gptq", "rtn"}, True),
+    "act_order": ({"gptq"}, False),
+    "damp": ({"gptq"}, 0.01),
+    "calib": ({"gptq"}, "builtin"),  # a data spec (compress.data); builtin = the offline Python docs text
+    "calib_samples": ({"gptq"}, 128),
+    "calib_seqlen": ({"gptq"}, 512),
+    "seed": ({"gptq"}, 0),
+    "bits_budget": ({"gptq"}, None),
+}
+_FLAGS = {"group_size": "--group-size", "sym": "--sym/--asym", "act_order": "--act-order", "damp": "--damp",
+          "calib": "--calib", "calib_samples": "--calib-samples", "calib_seqlen": "--calib-seqlen",
+          "seed": "--seed", "bits_budget": "--bits-budget"}
+_WHY = {"rtn": "rtn rounds each weight alone, with no calibration data",
+        "int8": "int8 (LLM.int8) has a fixed per-row int8 scheme",
+        "int8-wo": "int8-wo has a fixed per-channel int8 scheme"}
+BUDGET_RANGE = (4.0, 16.0)  # smallest width we choose (4) .. the source precision (16)
 
 
 class QuantizeConfig(BaseModel):
@@ -24,33 +51,59 @@ class QuantizeConfig(BaseModel):
 
     method: Method
     bits: int | None = None  # None: the method's native width (4 for gptq/rtn, 8 for int8/int8-wo)
-    group_size: int = 128  # -1: one scale per output channel
-    act_order: bool = False  # GPTQ: quantize columns in order of decreasing Hessian diagonal
-    sym: bool = True
-    damp: float = Field(0.01, gt=0, lt=1)  # fraction of mean(diag(H)) added to H's diagonal
-    calib: str | None = None  # data spec (compress.data); None = the built-in offline text
-    calib_samples: int = Field(128, ge=1)
-    calib_seqlen: int = Field(512, ge=16)
-    seed: int = 0
+    group_size: int | None = None  # -1: one scale per output channel
+    act_order: bool | None = None  # GPTQ: quantize columns in order of decreasing Hessian diagonal
+    sym: bool | None = None
+    damp: float | None = Field(None, gt=0, lt=1)  # fraction of mean(diag(H)) added to H's diagonal
+    calib: str | None = None
+    calib_samples: int | None = Field(None, ge=1)
+    calib_seqlen: int | None = Field(None, ge=16)
+    seed: int | None = None
+    bits_budget: float | None = None  # average bits per quantized-linear weight, scales and zeros included
 
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
-        m = Method(self.method)
-        if self.bits is None:
-            self.bits = 8 if m in (Method.int8, Method.int8_wo) else 4
-        if m in (Method.int8, Method.int8_wo) and self.bits != 8:
-            raise ValueError(f"method {m.value} is 8-bit only; got --bits {self.bits}")
-        if m in (Method.gptq, Method.rtn) and self.bits not in PACKED_BITS:
-            raise ValueError(f"method {m.value} supports --bits {sorted(PACKED_BITS)}; got {self.bits}")
-        if self.group_size != -1 and self.group_size < 8:
+        m = Method(self.method).value
+        for name, (methods, default) in APPLIES.items():
+            given = getattr(self, name)
+            if given is not None and m not in methods:
+                raise ValueError(f"{_FLAGS[name]} does not apply to --method {m}: {_WHY.get(m, '')}"
+                                 f" (it applies to {', '.join(sorted(methods))})")
+            if given is None and m in methods:
+                setattr(self, name, default)
+        self._check_bits(m)
+        if self.group_size is not None and self.group_size != -1 and self.group_size < 8:
             raise ValueError(f"--group-size must be -1 (per channel) or >= 8; got {self.group_size}")
-        if m == Method.rtn and self.act_order:
-            raise ValueError("--act-order needs calibration data: it applies to gptq, not rtn")
         return self
+
+    def _check_bits(self, m: str) -> None:
+        if self.bits_budget is not None:
+            lo, hi = BUDGET_RANGE
+            if self.bits is not None:
+                raise ValueError("give --bits or --bits-budget, not both (the budget picks each layer's width)")
+            if not lo < self.bits_budget <= hi:
+                raise ValueError(f"--bits-budget must be above {lo:g} (the smallest width, 4 bits, plus its scales) "
+                                 f"and at most {hi:g}; got {self.bits_budget:g}")
+            return
+        if self.bits is None:
+            self.bits = 8 if m in ("int8", "int8-wo") else 4
+        if m in ("int8", "int8-wo") and self.bits != 8:
+            raise ValueError(f"method {m} is 8-bit only; got --bits {self.bits}")
+        if m in ("gptq", "rtn") and self.bits not in PACKED_BITS:
+            raise ValueError(f"method {m} supports --bits {sorted(PACKED_BITS)}; got {self.bits}")
 
     @property
     def uses_calibration(self) -> bool:
         return self.method == Method.gptq.value
+
+    @property
+    def base_bits(self) -> int:
+        """The width of every quantized layer the budget does not widen."""
+        return 4 if self.bits_budget is not None else int(self.bits)
+
+    def applied(self) -> dict:
+        """The options that applied to this run (what compress.json records)."""
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 def make_config(**kwargs) -> QuantizeConfig:

@@ -13,7 +13,10 @@ Checkpoint fix-ups done here, each checked by tests:
   quantizer has written `gptq_v2` over v1 weights, which reloads silently wrong);
 - when some layer's input width is not a multiple of the group size, gptqmodel's fast CPU kernel
   (and some GPU kernels) cannot run it; the config then names the portable `torch` backend so a
-  plain `from_pretrained` works everywhere. GPU users can override with `GPTQConfig(backend=...)`.
+  plain `from_pretrained` works everywhere. GPU users can override with `GPTQConfig(backend=...)`;
+- a `--bits-budget` plan keeps some layers unquantized: gptqmodel skips them through negative
+  `dynamic` overrides, and the config lists the quantized ones in `modules_in_block_to_quantize`
+  (full names; optimum matches by suffix) so plain transformers builds the same mix.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -45,10 +49,11 @@ def _gptqmodel():
     return gptqmodel
 
 
-def backend_config(cfg: QuantizeConfig) -> dict:
-    """The gptqmodel QuantizeConfig arguments this run resolves to (recorded in the artifact)."""
+def backend_config(cfg: QuantizeConfig, keep: list[str] | None = None) -> dict:
+    """The gptqmodel QuantizeConfig arguments this run resolves to (recorded in the artifact).
+    `keep`: module names left unquantized (a `--bits-budget` plan), as gptqmodel negative overrides."""
     kw = dict(
-        bits=cfg.bits,
+        bits=cfg.base_bits,
         group_size=cfg.group_size,
         desc_act=cfg.act_order,
         sym=cfg.sym,
@@ -57,14 +62,20 @@ def backend_config(cfg: QuantizeConfig) -> dict:
     )
     if cfg.method == Method.rtn.value:
         kw["weight_only"] = "rtn"
+    if cfg.group_size == -1 and cfg.method == Method.gptq.value:
+        kw["act_group_aware"] = False  # gptqmodel's group-aware reordering needs groups
+    if keep:
+        kw["dynamic"] = {f"-:^{re.escape(name)}$": {} for name in keep}
     return kw
 
 
 def quantize_gptq(src: str, cfg: QuantizeConfig, calib_ids: torch.Tensor | None, out: Path,
-                  device: str, source_dtype: str) -> dict:
-    """Quantize checkpoint `src` (dir or hub id) into `out`; returns extra resolved settings."""
+                  device: str, source_dtype: str, widths: dict[str, int] | None = None) -> dict:
+    """Quantize checkpoint `src` (dir or hub id) into `out`; returns extra resolved settings.
+    `widths` (a `--bits-budget` plan): decoder Linear name → base bits or 16 (kept in the source dtype)."""
     gm = _gptqmodel()
-    qkw = backend_config(cfg)
+    keep = sorted(n for n, w in (widths or {}).items() if w > cfg.base_bits)
+    qkw = backend_config(cfg, keep)
     try:
         qc = gm.QuantizeConfig(**qkw)
         model = gm.GPTQModel.load(src, qc, device=device, dtype=runtime.compute_dtype(device))
@@ -79,8 +90,9 @@ def quantize_gptq(src: str, cfg: QuantizeConfig, calib_ids: torch.Tensor | None,
     model.save(str(out))
     for junk in ("quant_log.csv",):
         (out / junk).unlink(missing_ok=True)
-    widths = _cast_unquantized(out, source_dtype)
-    backend = _fix_config(out, cfg, widths)
+    in_widths = _cast_unquantized(out, source_dtype)
+    quantized = sorted(n for n, w in (widths or {}).items() if w == cfg.base_bits) if keep else None
+    backend = _fix_config(out, cfg, in_widths, quantized)
     return {"gptqmodel": qkw, "load_backend": backend}
 
 
@@ -108,13 +120,15 @@ def _cast_unquantized(out: Path, dtype_name: str) -> set[int]:
     return in_widths
 
 
-def _fix_config(out: Path, cfg: QuantizeConfig, in_widths: set[int]) -> str:
+def _fix_config(out: Path, cfg: QuantizeConfig, in_widths: set[int], quantized: list[str] | None) -> str:
     config_path = out / "config.json"
     config = json.loads(config_path.read_text())
     qc = config.get("quantization_config")
     if not qc:
         raise CompressError("gptqmodel wrote no quantization_config: the checkpoint would load unquantized")
     qc["format"] = qc["checkpoint_format"] = "gptq"  # v1 layout, which gptqmodel.save writes
+    if quantized is not None:  # plain transformers drops gptqmodel's `dynamic`; this it honours
+        qc["modules_in_block_to_quantize"] = [quantized]
     ragged = cfg.group_size > 0 and any(w % cfg.group_size for w in in_widths)
     backend = "torch" if ragged else "auto"
     if ragged:

@@ -4,7 +4,7 @@
 checkpoint loaded the way users load it (plain `from_pretrained`) with a reference on a fixed probe:
 - int8 / int8-wo: the in-memory quantized model, before saving;
 - gptq / rtn: an fp32 model whose Linear weights are dequantized here, in plain torch, from the
-  packed GPTQ v1 tensors (W = scales[g] · (q − (zeros[g] + 1))). This is independent of the kernel
+  packed GPTQ v1 tensors, any of 2/3/4/8 bits (W = scales[g] · (q − (zeros[g] + 1))). This is independent of the kernel
   that runs them, so a format mix-up (v1 weights labelled v2) shows up as a large difference.
 """
 
@@ -27,17 +27,20 @@ def probe_ids(tokenizer) -> torch.Tensor:
 def unpack_gptq_v1(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
                    bits: int) -> torch.Tensor:
     """Dequantize one GPTQ v1 layer to a float [out_features, in_features] weight."""
-    if 32 % bits:
-        raise CompressError(f"reference unpacking supports 2/4/8 bits, not {bits}")
-    shifts = torch.arange(0, 32, bits, dtype=torch.int32)  # [32/bits]
-    mask = (1 << bits) - 1
-    q = (qweight.unsqueeze(1) >> shifts.view(1, -1, 1)) & mask  # [K*bits/32, 32/bits, N]
-    q = q.reshape(-1, qweight.shape[-1])  # [K, N]
-    z = (qzeros.unsqueeze(2) >> shifts.view(1, 1, -1)) & mask  # [G, N*bits/32, 32/bits]
-    z = z.reshape(qzeros.shape[0], -1) + 1  # [G, N]; v1 stores zero - 1
+    q = _unpack_bitstream(qweight.t(), bits, g_idx.numel()).t()  # [K, N]
+    z = _unpack_bitstream(qzeros, bits, scales.shape[1]) + 1  # [G, N]; v1 stores zero - 1
     g = g_idx.long()
     w = scales.float()[g] * (q.float() - z.float()[g])  # [K, N]
     return w.t().contiguous()
+
+
+def _unpack_bitstream(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """[R, W] int32 words, each row a little-endian bit stream of `n` `bits`-wide values → [R, n].
+    GPTQ packs 2/4/8 bits within words and 3 bits across word boundaries: both are this stream."""
+    shifts = torch.arange(32, dtype=torch.int32)
+    stream = ((words.unsqueeze(-1) >> shifts) & 1).reshape(words.shape[0], -1)[:, : n * bits]  # [R, n*bits]
+    weights = (1 << torch.arange(bits, dtype=torch.int32))
+    return (stream.reshape(words.shape[0], n, bits) * weights).sum(-1)
 
 
 def dequantized_reference(model_dir: str | Path):
