@@ -185,3 +185,34 @@ def test_buckets():
     assert buckets(32, 1) == [1, 2, 4, 8, 16, 32]
     assert buckets(24, 1) == [1, 2, 4, 8, 16, 24]
     assert buckets(2049, 128) == [128, 256, 512, 1024, 2048, 2049]
+
+
+def test_two_engines_in_two_threads_keep_their_own_caches(tiny_model):
+    """Several tiers in one server: each engine thread's attention reads its own slots (the step context is
+    thread-local), so two engines stepping at the same time answer as each would alone."""
+    import threading
+
+    from compress.testing import build_tiny_llama
+
+    other = build_tiny_llama(tiny_model.parent / "other", seed=1, tokenizer=load_tokenizer(tiny_model))
+    models = [load_causal_lm(p, "cpu") for p in (tiny_model, other)]
+    tok = load_tokenizer(tiny_model)
+    results: dict[int, list[list[int]]] = {}
+
+    def serve(i):
+        _, core = _engine(models[i], tok, max_batch=2)
+        seqs = [Sequence(f"{i}-{j}", tok(p)["input_ids"], SamplingParams(max_tokens=16, ignore_eos=True), 0.0)
+                for j, p in enumerate(PROMPTS[:2])]
+        for s in seqs:
+            core.batcher.add(s)
+        while core.batcher.has_work():
+            core.step()
+        results[i] = [s.output_ids for s in seqs]
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert results[i] == [_hf(models[i], tok, p, 16) for p in PROMPTS[:2]]

@@ -2,7 +2,8 @@
 
 The model's own forward computes q, k, v and the rotary embedding as usual (so every Llama-family checkpoint
 keeps working); the attention call is ours: it writes the new k, v into the sequence's slot and attends over
-that slot's cache. The runner sets a `StepContext` before each forward (the nano-vllm pattern); the model is
+that slot's cache. The runner sets a `StepContext` (thread-local: one engine thread per tier, several tiers
+in one process) before each forward (the nano-vllm pattern); the model is
 called with `use_cache=False`, and since "compress_slots" has no mask function, transformers builds no mask.
 With no context set (an ordinary forward of the same model object: `generate`, an eval) it is plain SDPA, so
 switching a model to this implementation never changes what it computes elsewhere.
@@ -18,6 +19,7 @@ the query-length dimension (`[b, kv_heads, G * q_len, d]`), so SDPA sees as many
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -42,12 +44,11 @@ class StepContext:
     write_pos: torch.Tensor | None = None
 
 
-_CTX: StepContext | None = None
+_LOCAL = threading.local()  # per thread: each tier's engine thread runs its own model with its own context
 
 
 def set_context(ctx: StepContext | None) -> None:
-    global _CTX
-    _CTX = ctx
+    _LOCAL.ctx = ctx
 
 
 def _fold(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
@@ -63,7 +64,7 @@ def _unfold(o: torch.Tensor, heads: int, s: int) -> torch.Tensor:
 
 
 def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    ctx = _CTX
+    ctx = getattr(_LOCAL, "ctx", None)
     if ctx is None:  # an ordinary forward of the same model (generate, eval): plain SDPA, the model's own cache
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
