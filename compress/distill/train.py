@@ -48,8 +48,10 @@ from compress.errors import CompressError
 CKPT_PREFIX = "step-"
 WARM_STEPS = 5
 STATE_FILE = "state.json"
-# Calibration tokens of the greedy layer choice (config.layer_select_tokens, when not given). The CPU
-# figure is the smallest that chose the same SmolLM2 layers as 2,048 tokens (benchmarks/RESULTS.md).
+# Calibration tokens of the greedy layer choice (config.layer_select_tokens, when not given). 30 -> 8 on
+# SmolLM2 costs ~31G multiply-adds per token: 256 tokens take 212 s of one core here, 2,048 about 8x that.
+# The CPU count may go down only to a count shown to choose the same layers as 2,048 (benchmarks/RESULTS.md,
+# `gpu_scale2.sh` step 5); until then it is the same.
 GPU_SELECT_TOKENS = 2048
 CPU_SELECT_TOKENS = 2048
 
