@@ -200,12 +200,15 @@ def scale(args) -> None:
         t = time.time()
         m = distill(cfg).metrics
         run = {"processes": n, "parallel": parallel, "wall_s": round(time.time() - t, 1),
-               **{k: m[k] for k in ("steps", "tokens_seen", "train_time_s", "tokens_per_s", "teacher_ppl",
-                                    "initial_student_ppl", "student_ppl", "heldout_kd", "kept_layers")}}
+               **{k: m[k] for k in ("steps", "tokens_seen", "train_time_s", "tokens_per_s", "tokens_per_s_steady",
+                                    "teacher_ppl", "initial_student_ppl", "student_ppl", "heldout_kd", "kept_layers")}}
         out["runs"].append(run)
         base = out["runs"][0]
         run["speedup"] = run["tokens_per_s"] / base["tokens_per_s"]
         run["scaling_efficiency"] = run["speedup"] / (n / base["processes"])
+        if run["tokens_per_s_steady"] and base["tokens_per_s_steady"]:  # past the first 5 steps (warm-up)
+            run["speedup_steady"] = run["tokens_per_s_steady"] / base["tokens_per_s_steady"]
+            run["scaling_efficiency_steady"] = run["speedup_steady"] / (n / base["processes"])
         run["ppl_vs_first_pct"] = 100 * (run["student_ppl"] / base["student_ppl"] - 1)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))

@@ -333,3 +333,35 @@ def test_compiled_run_follows_the_eager_trajectory(tmp_path, tiny_model):
     a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
     assert _cfg(tiny_model, "x", compile=True, **kw).run_hash() == _cfg(tiny_model, "x", **kw).run_hash()
+
+
+def test_resume_with_overwrite_starts_over_from_another_runs_checkpoints(tmp_path):
+    """A recipe's distill step passes overwrite; with `resume: true` it continues its own run's checkpoints and
+    drops another run's (an edited recipe) instead of refusing them."""
+    import json
+
+    from compress.distill.train import STATE_FILE, prepare_checkpoint_dir
+
+    cfg = make_config(teacher="t", output=str(tmp_path / "s"), student_layers=2, resume=True, overwrite=True)
+    step = cfg.ckpt_dir / "step-00000010"
+    step.mkdir(parents=True)
+    (step / STATE_FILE).write_text(json.dumps({"run_hash": cfg.run_hash(), "step": 10}))
+    assert prepare_checkpoint_dir(cfg) == step
+    (step / STATE_FILE).write_text(json.dumps({"run_hash": "another", "step": 10}))
+    with pytest.raises(CompressError, match="another run"):
+        prepare_checkpoint_dir(cfg.model_copy(update={"overwrite": False}))
+    assert prepare_checkpoint_dir(cfg) is None and not cfg.ckpt_dir.exists()
+
+
+def test_gpu_quick_recipe_validates_and_its_distill_step_resumes():
+    """recipes/gpu-quick.yaml loads, and its distill tiers are valid DistillConfigs that checkpoint and resume
+    (each 10-minute call continues the distillation where the last one stopped)."""
+    from compress.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "gpu-quick.yaml")
+    assert recipe.baseline == "source" and recipe.device == "cuda"
+    tiers = [t for t in recipe.tiers if t.distill is not None]
+    assert tiers
+    for t in tiers:
+        cfg = make_config(**t.distill, teacher="t", output="o", overwrite=True, device=recipe.device)
+        assert cfg.resume and 0 < cfg.save_every < cfg.max_steps and cfg.max_time is None

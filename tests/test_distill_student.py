@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from compress import models
-from compress.distill.student import (check_not_larger, count_params, derive_student, kept_layers,
-                                      load_student, select_layers_greedy)
+from compress.distill.layer_choice import select_layers_greedy, select_layers_greedy_reference
+from compress.distill.student import check_not_larger, count_params, derive_student, kept_layers, load_student
 from compress.errors import CompressError
 
 
@@ -78,6 +78,49 @@ def test_greedy_layer_selection_drops_the_least_harmful_layers(teacher4):
                            teacher.state_dict()[f"model.layers.{old}.mlp.down_proj.weight"])
     with pytest.raises(CompressError, match="more than the teacher"):
         select_layers_greedy(teacher, 5, blocks)
+
+
+@pytest.fixture(scope="module")
+def teacher8(tmp_path_factory, tokenizer):
+    """8 layers whose weights are large enough (std 0.12) that each one changes the loss clearly."""
+    from compress.testing import build_tiny_llama
+
+    path = build_tiny_llama(tmp_path_factory.mktemp("t8") / "m", seed=3, tokenizer=tokenizer, layers=8)
+    teacher = models.load_causal_lm(str(path), device="cpu", dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for w in teacher.model.layers.parameters():
+            if w.dim() == 2:
+                w.normal_(0, 0.12, generator=g)
+    return teacher
+
+
+def test_fast_greedy_choice_equals_the_reference(teacher8):
+    """The cached-prefix, batched greedy makes the same choice as one full forward per candidate and block,
+    at two depths and three batch sizes (uneven included), with fewer decoder-layer forwards."""
+    teacher = teacher8
+    blocks = torch.randint(3, 500, (3, 32), generator=torch.Generator().manual_seed(0))
+    calls = {"n": 0}
+
+    def count(module, args):
+        calls["n"] += args[0].shape[0]
+
+    hooks = [layer.register_forward_pre_hook(count) for layer in teacher.model.layers]
+    try:
+        for n in (4, 1):
+            calls["n"] = 0
+            want = select_layers_greedy_reference(teacher, n, blocks)
+            slow = calls["n"]
+            for bs in (None, 1, 2):
+                calls["n"] = 0
+                assert select_layers_greedy(teacher, n, blocks, batch_size=bs) == want, (n, bs)
+                fast = calls["n"]
+        assert fast < 0.7 * slow, (fast, slow)  # 8 -> 1: 346 of 504 here (30 -> 8 on SmolLM2: about half)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert want == [3]  # recorded once from the reference; guards against both drifting together
+    assert select_layers_greedy(teacher, 8, blocks) == list(range(8))
 
 
 def test_narrower_mlp_keeps_largest_channels(teacher4):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -28,6 +29,7 @@ def distill(
     output: Annotated[Path, typer.Option("--output", "-o", help="Artifact directory to create.")],
     student_layers: Annotated[Optional[int], typer.Option(help="Derive the student: keep N of the teacher's layers (see --layer-selection).")] = None,
     layer_selection: Annotated[str, typer.Option(help="Derived student's layers: greedy (drop the least harmful layer, repeatedly, on training text) | even.")] = "greedy",
+    layer_select_tokens: Annotated[Optional[int], typer.Option(help="Training tokens the greedy layer choice measures the loss on (default 2048; see train.CPU_SELECT_TOKENS).")] = None,
     student_intermediate_size: Annotated[Optional[int], typer.Option(help="Derived student: narrower MLP (keeps the largest-norm channels).")] = None,
     freeze_embeddings: Annotated[bool, typer.Option(help="Do not train the student's input/output embeddings (keep the teacher's).")] = False,
     student: Annotated[Optional[str], typer.Option(help="Student model or config-only directory sharing the teacher's tokenizer.")] = None,
@@ -65,7 +67,8 @@ def distill(
         max_steps = 1000
     cfg = make_config(
         teacher=teacher, output=str(output), student=student, student_layers=student_layers,
-        student_intermediate_size=student_intermediate_size, layer_selection=layer_selection, freeze_embeddings=freeze_embeddings, data=data or ["builtin"], loss=loss.value, beta=beta,
+        student_intermediate_size=student_intermediate_size, layer_selection=layer_selection, layer_select_tokens=layer_select_tokens,
+        freeze_embeddings=freeze_embeddings, data=data or ["builtin"], loss=loss.value, beta=beta,
         temperature=temperature, ce_weight=ce_weight, top_k=top_k, max_time=max_time, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, eval_every=eval_every, eval_tokens=eval_tokens,
         save_every=save_every, grad_checkpointing=grad_checkpointing, compile=compile, num_processes=num_processes, parallel=parallel.value,
@@ -73,6 +76,8 @@ def distill(
         overwrite=overwrite, seed=seed, device=device, max_steps=max_steps,
     )
     result = run(cfg)
+    if int(os.environ.get("RANK", 0)) != 0:  # under `accelerate launch` every process returns here; one reports
+        return
     m = result.metrics
     console.print(f"student ppl {m['student_ppl']:.3f} (teacher {m['teacher_ppl']:.3f}, "
                   f"start {m['initial_student_ppl']:.3f}); {m['student_params'] / 1e6:.1f}M of "

@@ -2,9 +2,9 @@
 
 Derived students follow Minitron's depth pruning: keep N of the teacher's decoder layers and copy every
 kept weight. Which N (`layer_selection`):
-- `greedy` (default): drop one layer at a time, each time the one whose removal raises the teacher's
-  loss on a few calibration blocks of the training text the least (iterative pruning by measured
-  perplexity; costs sum(L..N+1) forwards of the calibration blocks). On SmolLM2-135M (30 → 15 layers)
+- `greedy` (default, compress.distill.layer_choice): drop one layer at a time, each time the one whose
+  removal raises the teacher's loss on a few calibration blocks of the training text the least
+  (iterative pruning by measured perplexity). On SmolLM2-135M (30 → 15 layers)
   the untrained student's WikiText-2 perplexity starts orders of magnitude lower than with `even`
   (benchmarks/RESULTS.md): the best layers to drop are not evenly spaced.
 - `even`: N evenly spaced layers, the first and the last always kept (DistilBERT's recipe).
@@ -30,39 +30,6 @@ def kept_layers(n_teacher: int, n_student: int) -> list[int]:
     if n_student == 1:
         return [n_teacher - 1]
     return sorted({int(i * (n_teacher - 1) / (n_student - 1) + 0.5) for i in range(n_student)})  # half-up
-
-
-@torch.no_grad()
-def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress: bool = False) -> list[int]:
-    """Indices of `n_student` teacher layers, chosen by dropping, one at a time, the layer whose removal
-    raises the mean next-token loss on `blocks` ([B, S] token ids, on the teacher's device) the least."""
-    from tqdm.auto import tqdm
-
-    n_teacher = teacher.config.num_hidden_layers
-    if n_student > n_teacher:
-        raise CompressError(f"--student-layers {n_student} is more than the teacher's {n_teacher} layers")
-    inner = teacher.model
-    original, n_config, was_training = inner.layers, teacher.config.num_hidden_layers, teacher.training
-    keep = list(range(n_teacher))
-    total = sum(range(n_student + 1, n_teacher + 1))
-    bar = tqdm(total=total, desc="choosing student layers", disable=not progress, unit="fwd")
-    teacher.eval()
-    try:
-        while len(keep) > n_student:
-            losses = {}
-            for i in keep:
-                subset = [j for j in keep if j != i]
-                inner.layers = torch.nn.ModuleList([original[j] for j in subset])
-                teacher.config.num_hidden_layers = len(subset)
-                losses[i] = sum(teacher(input_ids=b[None], labels=b[None], use_cache=False).loss.float().item()
-                                for b in blocks) / len(blocks)
-                bar.update()
-            keep.remove(min(losses, key=losses.get))
-    finally:
-        inner.layers, teacher.config.num_hidden_layers = original, n_config
-        teacher.train(was_training)
-        bar.close()
-    return keep
 
 
 def _decoder_layers(model):

@@ -41,13 +41,19 @@ from compress.artifacts import ArtifactMeta, SourceInfo, atomic_dir, check_outpu
 from compress.distill.config import NOT_HASHED, DistillConfig
 from compress.distill.losses import distill_loss
 from compress.distill.packing import DistillData, batch_indices, load_data
-from compress.distill.student import (check_not_larger, count_params, derive_student, kept_layers, load_student,
-                                      select_layers_greedy)
+from compress.distill.layer_choice import select_layers_greedy
+from compress.distill.student import check_not_larger, count_params, derive_student, kept_layers, load_student
 from compress.errors import CompressError
 
 CKPT_PREFIX = "step-"
 WARM_STEPS = 5
 STATE_FILE = "state.json"
+# Calibration tokens of the greedy layer choice (config.layer_select_tokens, when not given). 30 -> 8 on
+# SmolLM2 costs ~31G multiply-adds per token: 256 tokens take 212 s of one core here, 2,048 about 8x that.
+# The CPU count may go down only to a count shown to choose the same layers as 2,048 (benchmarks/RESULTS.md,
+# `gpu_scale2.sh` step 5); until then it is the same.
+GPU_SELECT_TOKENS = 2048
+CPU_SELECT_TOKENS = 2048
 
 
 @dataclass
@@ -90,6 +96,9 @@ def prepare_checkpoint_dir(cfg: DistillConfig) -> Path | None:
         raise CompressError(f"{d} holds checkpoints of an earlier run: pass --resume to continue it "
                             "or --overwrite to start over")
     state = json.loads((last / STATE_FILE).read_text())
+    if state.get("run_hash") != cfg.run_hash() and cfg.overwrite:
+        shutil.rmtree(d)  # --resume --overwrite: continue this run if it was started, else start over
+        return None
     if state.get("run_hash") != cfg.run_hash():
         raise CompressError(f"cannot resume from {last}: it belongs to another run (config hash "
                             f"{state.get('run_hash')} != {cfg.run_hash()}; changed: {_changed(state.get('config', {}), cfg)})")
@@ -223,14 +232,21 @@ def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype, p
     else:
         n = teacher.config.num_hidden_layers
         if cfg.layer_selection == "greedy" and cfg.student_layers is not None and cfg.student_layers < n:
-            n_blocks = max(1, min(len(data.train), -(-cfg.layer_select_tokens // cfg.seq_len)))
-            blocks = data.train[:n_blocks].to(device)  # training text only: the held-out split stays unseen
-            keep = select_layers_greedy(teacher, cfg.student_layers, blocks, progress)
+            keep = select_layers_greedy(teacher, cfg.student_layers, layer_select_blocks(cfg, data, device), progress)
         student = derive_student(teacher, cfg.student_layers, cfg.student_intermediate_size, keep=keep, state=cpu_state)
         del cpu_state
         keep = keep if keep is not None else kept_layers(n, cfg.student_layers or n)
     check_not_larger(student, teacher)
     return teacher_ref, tokenizer, teacher, student.to(device), data, keep
+
+
+def layer_select_blocks(cfg: DistillConfig, data: DistillData, device: torch.device) -> torch.Tensor:
+    """The first `layer_select_tokens` training tokens (default: CPU_SELECT_TOKENS on a CPU, else
+    GPU_SELECT_TOKENS) as [B, S] blocks; fewer than one block's tokens take the head of the first block.
+    Training text only: the held-out split stays unseen."""
+    tokens = cfg.layer_select_tokens or (CPU_SELECT_TOKENS if torch.device(device).type == "cpu" else GPU_SELECT_TOKENS)
+    n_blocks = max(1, min(len(data.train), -(-tokens // cfg.seq_len)))
+    return data.train[:n_blocks, :min(tokens, cfg.seq_len)].to(device)
 
 
 @torch.no_grad()

