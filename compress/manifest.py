@@ -131,20 +131,33 @@ def _read_json(path: Path) -> dict | None:
     return raw if isinstance(raw, dict) else None
 
 
+def read_eval_file(path: Path) -> Quality:
+    """Quality from an eval JSON that `compress eval` wrote, e.g. for a remote tier
+    (`compress eval URL#MODEL --output FILE`): `compress manifest --eval NAME=FILE`."""
+    raw = _read_json(path)
+    if raw is None or raw.get("kind") != "eval":
+        raise CompressError(f"--eval {path}: not an eval JSON written by `compress eval`")
+    return _quality_from_eval(path, str(path))
+
+
+def _quality_from_eval(path: Path, source: str) -> Quality:
+    from compress.evaluate.results import load_eval
+
+    ev = load_eval(path)
+    ppl = [v for k, v in sorted(ev.metrics.items()) if k.startswith("ppl:")]
+    bpb = [v for k, v in sorted(ev.metrics.items()) if k.startswith("bpb:")]
+    tasks = {k.replace(":", "/", 1): v for k, v in ev.metrics.items()
+             if not k.startswith(("ppl:", "bpb:")) and ev.higher_is_better.get(k, True)}
+    return Quality(perplexity=ppl[0] if ppl else None, bits_per_byte=bpb[0] if bpb else None,
+                   tasks=tasks, source=source)
+
+
 def read_quality(directory: Path) -> Quality:
     """Quality from `eval.json` (written by `compress eval`; read defensively: its layout may grow),
     else the perplexity recorded in `compress.json` at creation, else unknown."""
     raw = _read_json(directory / EVAL_FILE)
     if raw is not None and raw.get("kind") == "eval":  # the layout `compress eval` writes
-        from compress.evaluate.results import load_eval
-
-        ev = load_eval(directory / EVAL_FILE)
-        ppl = [v for k, v in sorted(ev.metrics.items()) if k.startswith("ppl:")]
-        bpb = [v for k, v in sorted(ev.metrics.items()) if k.startswith("bpb:")]
-        tasks = {k.replace(":", "/", 1): v for k, v in ev.metrics.items()
-                 if not k.startswith(("ppl:", "bpb:")) and ev.higher_is_better.get(k, True)}
-        return Quality(perplexity=ppl[0] if ppl else None, bits_per_byte=bpb[0] if bpb else None,
-                       tasks=tasks, source=EVAL_FILE)
+        return _quality_from_eval(directory / EVAL_FILE, EVAL_FILE)
     if raw is not None:
         flat = {**raw, **(raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {})}
         tasks: dict[str, float] = {}
@@ -251,10 +264,12 @@ def _split_pairs(pairs: list[str], what: str) -> dict[str, str]:
 
 def build_manifest(models: list[str], *, names: list[str] = (), costs: list[str] = (), api_key_envs: list[str] = (),
                    price_per_gpu_hour: float | None = None, price_per_cpu_hour: float | None = None,
-                   currency: str = "USD", slos: list[str] = (), router: str | Path | None = None) -> Manifest:
+                   currency: str = "USD", slos: list[str] = (), router: str | Path | None = None,
+                   evals: list[str] = ()) -> Manifest:
     """One tier per MODEL (a checkpoint/artifact dir, a .gguf, or `URL#MODEL_ID` for a remote
     OpenAI-compatible endpoint), ordered cheapest first (unknown cost last, then by size); `router`:
-    a router.json for `auto` (its tiers must be among these)."""
+    a router.json for `auto` (its tiers must be among these); `evals`: NAME=FILE, a tier's quality from an
+    eval JSON (how a remote tier gets one: `compress eval URL#MODEL --output FILE`)."""
     if not models:
         raise CompressError("give at least one model, artifact or remote URL#MODEL")
     name_of = {v: k for k, v in _split_pairs(list(names), "--name").items()}
@@ -280,6 +295,13 @@ def build_manifest(models: list[str], *, names: list[str] = (), costs: list[str]
     unknown = set(manual_cost) - {t.name for t in tiers}
     if unknown:
         raise CompressError(f"--cost names unknown tier(s): {', '.join(sorted(unknown))}")
+    eval_files = _split_pairs(list(evals), "--eval")
+    unknown = set(eval_files) - {t.name for t in tiers}
+    if unknown:
+        raise CompressError(f"--eval names unknown tier(s): {', '.join(sorted(unknown))}")
+    for t in tiers:
+        if t.name in eval_files:
+            t.quality = read_eval_file(Path(eval_files[t.name]))
     tiers.sort(key=lambda t: (t.cost_per_1k_tokens is None, t.cost_per_1k_tokens or 0.0,
                               getattr(t, "size_bytes", None) or 0))
     slo = {}

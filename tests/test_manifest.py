@@ -120,4 +120,22 @@ def test_cli_writes_manifest_and_fails_in_one_line(tmp_path, tiny_model, capsys)
     assert e.value.code == 2 and "unknown schema_version 9" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["serve", str(out), "--slo-p95", "2", "--slo-window", "0"])
-    assert e.value.code == 2 and "--slo-window must be > 0" in capsys.readouterr().err
+    assert e.value.code == 2 and "--slo-window: Input should be greater than 0" in capsys.readouterr().err
+
+
+def test_a_remote_tier_takes_its_quality_from_an_eval_file(tmp_path, tiny_model):
+    """`compress eval URL#MODEL --output FILE` writes the same eval JSON as a local eval; `--eval NAME=FILE`
+    puts it in the manifest (here the JSON comes from a local eval of the tiny model: same format)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(tiny_model), "--perplexity", "builtin", "--max-tokens", "200", "--context-len", "64",
+              "--device", "cpu", "--output", str(tmp_path / "remote-eval.json")])
+    assert exc.value.code == 0
+    remote = "http://127.0.0.1:9/v1#big"
+    m = build_manifest([str(tiny_model), remote], evals=[f"big={tmp_path / 'remote-eval.json'}"])
+    big = m.tier("big")
+    assert big.quality.perplexity is not None and big.quality.perplexity > 1
+    assert big.quality.source == str(tmp_path / "remote-eval.json")
+    (tmp_path / "not-eval.json").write_text("{}")
+    for evals, expected in ((["nobody=x.json"], "unknown tier"), ([f"big={tmp_path / 'not-eval.json'}"], "not an eval JSON")):
+        with pytest.raises(CompressError, match=expected):
+            build_manifest([remote], evals=evals)

@@ -22,13 +22,14 @@ def manifest(
     currency: Annotated[str, typer.Option(help="Currency of prices and costs.")] = "USD",
     slo: Annotated[Optional[list[str]], typer.Option("--slo", help="CLASS=SECONDS: p95 end-to-end target for a traffic class (interactive, batch).")] = None,
     router: Annotated[Optional[Path], typer.Option("--router", help="router.json from `compress router train`: `auto` routes by each tier's predicted success.")] = None,
+    eval_file: Annotated[Optional[list[str]], typer.Option("--eval", help="NAME=FILE: the tier's quality from an eval JSON (for a remote tier: `compress eval URL#MODEL --output FILE`).")] = None,
 ) -> None:
     """Write a tier manifest: one tier per model, cheapest first, with its measured quality, speed and cost."""
     from compress.manifest import build_manifest, write_manifest
 
     m = build_manifest(models, names=name or [], costs=cost or [], api_key_envs=api_key_env or [],
                        price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour,
-                       currency=currency, slos=slo or [], router=router)
+                       currency=currency, slos=slo or [], router=router, evals=eval_file or [])
     write_manifest(m, output)
     for t in m.tiers:
         cost_s = "unknown" if t.cost_per_1k_tokens is None else f"{t.cost_per_1k_tokens:.6g} {m.currency}/1k tok"
