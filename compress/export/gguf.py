@@ -202,7 +202,7 @@ def export_gguf(artifact: str | os.PathLike, output: str | os.PathLike, overwrit
     worst = 0.0
     try:
         writer = gguf.GGUFWriter(str(tmp), "llama")
-        write_llama_hparams(writer, src.config, artifact.name)
+        write_llama_hparams(writer, src.config, None if gguf_source else artifact.name)
         if gguf_source is not None:
             copy_gguf_metadata(writer, gguf_source)
             tokenizer = f"copied from the source GGUF {gguf_source.name}"

@@ -105,8 +105,8 @@ def write_hf_tokenizer(writer, model_dir: str | Path) -> str:
     return pre
 
 
-def write_llama_hparams(writer, config: dict, name: str) -> None:
-    """`llama.*` hyperparameters from a HF Llama config.json."""
+def write_llama_hparams(writer, config: dict, name: str | None) -> None:
+    """`llama.*` hyperparameters from a HF Llama config.json (and `general.name` unless None)."""
     if config.get("model_type") != "llama":
         raise CompressError(f"GGUF export supports Llama-family models; this one is {config.get('model_type')!r}")
     rope = config.get("rope_scaling") or {}
@@ -116,7 +116,8 @@ def write_llama_hparams(writer, config: dict, name: str) -> None:
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     theta = config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-    writer.add_name(name)
+    if name is not None:
+        writer.add_name(name)
     writer.add_context_length(config.get("max_position_embeddings", 2048))
     writer.add_embedding_length(config["hidden_size"])
     writer.add_block_count(config["num_hidden_layers"])
