@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,15 @@ def _gguf_transformers_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
 
 def _llama_cpp_run(path: Path):
     llama_cpp = _llama_cpp()
+    # A llama-cpp-python built with -march=native on a CPU that reports AMX dies with SIGILL where the
+    # sandbox refuses AMX state (seen here: `tilezero` in libggml-cpu). Probe in a child process first, so
+    # a bad build skips these tests instead of killing the test run.
+    probe = ("import llama_cpp; m = llama_cpp.Llama(model_path=%r, n_ctx=64, verbose=False, n_threads=1); "
+             "m.eval([1, 2, 3])" % str(path))
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"llama.cpp cannot run here (exit {r.returncode}; SIGILL = 132/-4: rebuild llama-cpp-python "
+                    "with CFLAGS/CXXFLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16', as make setup does)")
     return llama_cpp.Llama(model_path=str(path), n_ctx=512, logits_all=True, verbose=False, n_threads=2, seed=0)
 
 
