@@ -129,8 +129,14 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
     cells = [{"row": n, "threads": t, "batch": b, "decode_tok_s_median": round(statistics.median(v), 2),
               "samples": [round(x, 2) for x in v]} for (n, t, b), v in samples.items()]
-    import llama_cpp
     import transformers
+
+    try:
+        import llama_cpp
+
+        llama_version = llama_cpp.__version__
+    except ImportError:
+        llama_version = None
 
     result = {
         "kind": "cpu_decode", "schema_version": 1, "model": "SmolLM2-135M-Instruct",
@@ -138,7 +144,7 @@ def main() -> None:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": lscpu_flags(), "load_average_1min": loads, "python": platform.python_version(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "llama_cpp_python": llama_cpp.__version__},
+                     "llama_cpp_python": llama_version},
         "inputs": {"source": args.source, "int8": args.int8, "int4": args.int4, "gguf": args.gguf},
         "cells": cells,
     }
