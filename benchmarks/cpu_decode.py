@@ -148,10 +148,14 @@ def main() -> None:
         "inputs": {"source": args.source, "int8": args.int8, "int4": args.int4, "gguf": args.gguf},
         "cells": cells,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    write_json(args.out, result)
+
+
+def write_json(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

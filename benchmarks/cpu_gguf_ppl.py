@@ -14,7 +14,6 @@ script scores all, so compare figures from this script with each other only).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -82,10 +81,9 @@ def main() -> None:
     result = {"kind": "cpu_gguf_ppl", "schema_version": 1, "text": args.text, "ctx": args.ctx,
               "tokens": len(ids), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "llama_cpp_python": llama_cpp.__version__, "rows": rows}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    from cpu_decode import write_json  # benchmarks/ is on sys.path when this script runs
+
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":
