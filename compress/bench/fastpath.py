@@ -9,7 +9,8 @@ what int4/int8 kernels buy (optimum's own GPTQ benchmark shows int4 no faster th
 | cuda | GPTQ | `GPTQModel.load(backend=MARLIN)`, TRITON when a layer's K is not a multiple of the group size | `graph` |
 | cuda | torchao int8-wo | transformers (bf16 activations) | `graph` |
 | cuda | bitsandbytes int8 | transformers (fp16 activations) | `graph` tried; LLM.int8() syncs with the host, so capture fails and the same static loop runs eagerly |
-| cpu | any | `load_causal_lm` | `generate`: eager, dynamic cache (inductor on CPU compiles for minutes per shape) |
+| cpu | GPTQ 4-bit (g32-256 dividing K), torchao int8-wo | `compress.quantize.cpu_kernels.load_cpu_fast`: bf16, aten int4/int8 pack kernels | `generate` |
+| cpu | other | `load_causal_lm` | `generate`: eager, dynamic cache (inductor on CPU compiles for minutes per shape) |
 
 Decoders: `generate` (transformers' `generate`, eager, dynamic cache), `compile` (`generate` with a static
 cache and `torch.compile(mode="reduce-overhead")`: dynamo breaks its graph at every quantized linear, see
@@ -81,6 +82,12 @@ def load_for_decode(ref: ModelRef, device: str, decoder: str = "auto"):
     if on_cuda and method == "gptq":
         model, backend = _load_gptq_cuda(ref, device)
         loader = "gptqmodel"
+    elif not on_cuda and ref.is_local and method in ("gptq", "torchao") and _cpu_fast_ok(ref):
+        from compress.quantize.cpu_kernels import load_cpu_fast
+
+        model = load_cpu_fast(checkpoint_dir(ref))
+        loader = "compress.quantize.cpu_kernels"
+        backend = "aten int4pack (bf16)" if method == "gptq" else "aten int8pack (bf16)"
     else:
         model = load_causal_lm(ref, device=device, dtype=dtype)
         if method == "gptq":
@@ -108,6 +115,12 @@ def load_for_decode(ref: ModelRef, device: str, decoder: str = "auto"):
         compile=want_compile or decoder == "graph", compile_mode=gc.compile_config.mode if want_compile else None, kernels=linear_kernels(model),
     )
     return model, path
+
+
+def _cpu_fast_ok(ref: ModelRef) -> bool:
+    from compress.quantize.cpu_kernels import fast_cpu_reason
+
+    return fast_cpu_reason(read_config(ref)) is None
 
 
 def to_eager(model, path: DecodePath, reason: str) -> None:

@@ -34,7 +34,7 @@ def _root() -> None:
 
 def _register() -> None:
     # Imported for their side effect of adding a command to `app`.
-    from compress.cli import bench, distill, eval, manifest, quantize, report, router, run, serve  # noqa: F401
+    from compress.cli import bench, distill, eval, export, manifest, quantize, report, router, run, serve  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

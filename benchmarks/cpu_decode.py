@@ -1,0 +1,162 @@
+"""CPU decode speed of SmolLM2-135M-Instruct tiers: fp32 source, int8 and int4 on PyTorch's packed kernels
+(route a, `compress.quantize.cpu_kernels`), and GGUF files run by llama.cpp through llama-cpp-python (route b).
+
+Every cell: a 64-token prompt, exactly 64 new tokens, greedy; decode tok/s = batch × 63 / (last − first token).
+Rows are interleaved (one round visits every cell once) and each cell's figure is the median over rounds, so
+load from the other users of this shared machine spreads over all rows alike; the load average is recorded.
+llama-cpp-python's `Llama` runs one sequence, so llama.cpp cells are batch 1 only.
+
+    python benchmarks/cpu_decode.py --source DIR --int8 DIR --int4 NAME=DIR ... --gguf NAME=FILE ... \
+        --threads 1,2 --batches 1,4 --rounds 3 --out benchmarks/results/cpu_decode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from datetime import datetime, timezone
+
+import torch
+
+PROMPT, NEW = 64, 64
+
+
+def lscpu_flags() -> dict:
+    text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = info.get("Flags", "").split()
+    keep = [f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4")) or f in ("vnni", "bf16")]
+    return {"model": info.get("Model name", "").strip(), "cpus": info.get("CPU(s)", "").strip(), "flags": keep}
+
+
+def prompt_ids(tokenizer, batch: int) -> torch.Tensor:
+    from compress.bench.measure import prompts
+
+    return prompts(tokenizer, batch, PROMPT)
+
+
+class TorchRow:
+    def __init__(self, name: str, model, tokenizer) -> None:
+        from compress.bench.static_decode import StaticGreedy
+
+        self.name, self.model, self.tok = name, model, tokenizer
+        self.decoders = {}
+        self._make = lambda b: StaticGreedy(model, b, PROMPT + NEW + 4, "cpu", graph=False)
+
+    def run(self, batch: int) -> float:
+        if batch not in self.decoders:
+            self.decoders[batch] = self._make(batch)
+            self.decoders[batch].run(prompt_ids(self.tok, batch), 4, lambda: None)  # warm
+        (_, first, end), out = self.decoders[batch].run(prompt_ids(self.tok, batch), NEW, lambda: None)
+        assert out.shape == (batch, NEW)
+        return batch * (NEW - 1) / (end - first)
+
+
+class LlamaCppRow:
+    def __init__(self, name: str, path: str, tokenizer) -> None:
+        import llama_cpp
+
+        self.name, self.tok, self.path = name, tokenizer, path
+        self.llm = llama_cpp.Llama(model_path=path, n_ctx=256, verbose=False, n_threads=1, n_threads_batch=1)
+
+    def run(self, batch: int, threads: int) -> float:
+        import numpy as np
+
+        assert batch == 1
+        self.llm.set_n_threads(threads, threads) if hasattr(self.llm, "set_n_threads") else None
+        self.llm.n_threads = self.llm.n_threads_batch = threads
+        self.llm.reset()
+        self.llm.eval(prompt_ids(self.tok, 1)[0].tolist())
+        first = time.perf_counter()
+        for _ in range(NEW - 1):
+            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            self.llm.eval([nxt])
+        return (NEW - 1) / (time.perf_counter() - first)
+
+
+def load_rows(args) -> list:
+    from compress.models import load_causal_lm, load_tokenizer
+    from compress.quantize.cpu_kernels import load_cpu_fast
+
+    tok = load_tokenizer(args.source)
+    rows = [TorchRow("fp32 source (transformers, static cache)", load_causal_lm(args.source, device="cpu",
+                                                                              dtype=torch.float32), tok)]
+    if args.int8:
+        rows.append(TorchRow("int8-wo tier (packed kernel, bf16)", load_cpu_fast(args.int8), tok))
+    for spec in args.int4:
+        name, _, path = spec.partition("=")
+        rows.append(TorchRow(f"{name} (int4 packed kernel, bf16)", load_cpu_fast(path), tok))
+    for spec in args.gguf:
+        name, _, path = spec.partition("=")
+        rows.append(LlamaCppRow(name, path, tok))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", required=True, help="fp32/bf16 HF checkpoint dir of SmolLM2 (the source)")
+    ap.add_argument("--int8", help="int8-wo artifact dir")
+    ap.add_argument("--int4", action="append", default=[], help="NAME=artifact dir (GPTQ/RTN int4)")
+    ap.add_argument("--gguf", action="append", default=[], help="NAME=file.gguf run by llama.cpp")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--batches", default="1,4")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    rows = load_rows(args)
+    samples: dict[tuple, list[float]] = {}
+    loads = [os.getloadavg()[0]]
+    for r in range(args.rounds):
+        for t in threads:
+            torch.set_num_threads(t)
+            for row in rows:
+                for b in batches:
+                    if isinstance(row, LlamaCppRow):
+                        if b != 1:
+                            continue
+                        tok_s = row.run(b, t)
+                    else:
+                        tok_s = row.run(b)
+                    samples.setdefault((row.name, t, b), []).append(tok_s)
+                    print(f"round {r} threads {t} batch {b} {row.name}: {tok_s:.1f} tok/s", flush=True)
+        loads.append(os.getloadavg()[0])
+    cells = [{"row": n, "threads": t, "batch": b, "decode_tok_s_median": round(statistics.median(v), 2),
+              "samples": [round(x, 2) for x in v]} for (n, t, b), v in samples.items()]
+    import transformers
+
+    try:
+        import llama_cpp
+
+        llama_version = llama_cpp.__version__
+    except ImportError:
+        llama_version = None
+
+    result = {
+        "kind": "cpu_decode", "schema_version": 1, "model": "SmolLM2-135M-Instruct",
+        "prompt_tokens": PROMPT, "new_tokens": NEW, "rounds": args.rounds, "statistic": "median over rounds",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": lscpu_flags(), "load_average_1min": loads, "python": platform.python_version(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "llama_cpp_python": llama_version},
+        "inputs": {"source": args.source, "int8": args.int8, "int4": args.int4, "gguf": args.gguf},
+        "cells": cells,
+    }
+    write_json(args.out, result)
+
+
+def write_json(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""`compress export --format gguf`: round trips through transformers and llama.cpp, tokenizer ids, refusals,
+bad input. llama.cpp tests skip where llama-cpp-python is not installed (`make setup` builds it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.cli import main
+from compress.errors import CompressError
+from compress.export import export_gguf
+from compress.export.blocks import dequantize_q4_0, q4_0_blocks
+from compress.models import load_tokenizer
+from compress.quantize import make_config, quantize
+from compress.quantize.verify import dequantized_reference, logits, probe_ids, relative_error
+
+# llama.cpp computes Q4_0/Q4_1 dot products against activations it quantizes to 8 bits on the fly, so its
+# logits differ from the exact dequantized model by that rounding; these bounds are measured (see the
+# README) with headroom. transformers dequantizes the GGUF back to float: that round trip is exact.
+LLAMA_CPP_TINY_TOL = 0.05
+LLAMA_CPP_SMOL_TOL = 0.10
+MIXED_TEXT = [
+    "The quick brown fox jumps over the lazy dog, twice: 1234567 times.",
+    "def add(a, b):\n    return a + b  # sum\n\tprint(f'{a!r}')",
+    "Ça coûte 12,50 € — naïve café, 東京タワー, Привет мир, emoji 🤖✨",
+    "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+def _llama_cpp():
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make setup builds it)")
+
+
+def _gguf_transformers_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    return logits(model.eval(), ids)
+
+
+def _llama_cpp_run(path: Path):
+    llama_cpp = _llama_cpp()
+    # A llama-cpp-python built with -march=native on a CPU that reports AMX dies with SIGILL where the
+    # sandbox refuses AMX state (seen here: `tilezero` in libggml-cpu). Probe in a child process first, so
+    # a bad build skips these tests instead of killing the test run.
+    probe = ("import llama_cpp; m = llama_cpp.Llama(model_path=%r, n_ctx=64, verbose=False, n_threads=1); "
+             "m.eval([1, 2, 3])" % str(path))
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"llama.cpp cannot run here (exit {r.returncode}; SIGILL = 132/-4: rebuild llama-cpp-python "
+                    "with CFLAGS/CXXFLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16', as make setup does)")
+    return llama_cpp.Llama(model_path=str(path), n_ctx=512, logits_all=True, verbose=False, n_threads=2, seed=0)
+
+
+def _llama_cpp_logits(llm, ids: torch.Tensor) -> torch.Tensor:
+    llm.reset()
+    llm.eval(ids[0].tolist())
+    return torch.from_numpy(llm.scores[: ids.shape[1]].copy()).unsqueeze(0)
+
+
+def _check_tokenizer(llm, hf_tok) -> None:
+    for text in MIXED_TEXT:
+        ours = llm.tokenize(text.encode(), add_bos=False, special=True)
+        assert ours == hf_tok(text, add_special_tokens=False).input_ids, text
+
+
+@pytest.fixture(scope="module")
+def tiny_rtn(tmp_path_factory, tiny_model):
+    out = tmp_path_factory.mktemp("export")
+    arts = {}
+    for name, sym in (("sym", True), ("asym", False)):
+        cfg = make_config(method="rtn", bits=4, group_size=32, sym=sym)
+        arts[name] = Path(quantize(str(tiny_model), cfg, out / name, device="cpu", measure_quality=False).output)
+    return arts
+
+
+def test_q4_0_blocks_encode_ggml_layout():
+    q = torch.randint(0, 16, (3, 64))
+    s = torch.rand(3, 2).half()
+    blocks = q4_0_blocks(q, s, 32)
+    assert blocks.shape == (3, 2 * 18)
+    assert blocks[0, 2] == (q[0, 0] | (q[0, 16] << 4))  # qs[0] = q[0] | q[16] << 4
+    expect = s.float().repeat_interleave(32, 1) * (q.float() - 8)
+    assert torch.equal(dequantize_q4_0(blocks, 64), expect)
+
+
+@pytest.mark.parametrize("kind", ["sym", "asym"])
+def test_tiny_int4_round_trip_in_transformers(tiny_rtn, kind, tmp_path):
+    out = tmp_path / f"{kind}.gguf"
+    result = export_gguf(tiny_rtn[kind], out)
+    assert result.file_type == ("Q4_0" if kind == "sym" else "Q4_1")
+    assert "pre = gpt-2" in result.tokenizer
+    ids = probe_ids(load_tokenizer(tiny_rtn[kind]))
+    reference = logits(dequantized_reference(tiny_rtn[kind]), ids)
+    err = relative_error(_gguf_transformers_logits(out, ids), reference)
+    if kind == "sym":
+        assert err == 0.0 and result.max_abs_weight_change == 0.0  # Q4_0 is the GPTQ grid, bit for bit
+    else:
+        assert err < 1e-3 and result.notes  # only m = −d·z is rounded to fp16, and the export says so
+
+
+def test_tiny_dense_and_int8_round_trip(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "dense.gguf"
+    assert export_gguf(tiny_model, out).file_type == "F32"
+    ids = probe_ids(load_tokenizer(tiny_model))
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    assert relative_error(_gguf_transformers_logits(out, ids), logits(plain, ids)) < 1e-6
+    art = quantize(str(tiny_model), make_config(method="int8-wo"), tmp_path / "int8", device="cpu",
+                   measure_quality=False).output
+    result = export_gguf(art, tmp_path / "int8.gguf")
+    assert result.file_type == "Q8_0" and result.tensor_types["Q8_0"] == 14
+    in_artifact = AutoModelForCausalLM.from_pretrained(art, dtype=torch.bfloat16).eval()  # bf16 activations
+    assert relative_error(_gguf_transformers_logits(tmp_path / "int8.gguf", ids), logits(in_artifact, ids)) < 0.02
+
+
+def test_tiny_export_runs_in_llama_cpp(tiny_rtn, tmp_path):
+    out = tmp_path / "sym.gguf"
+    export_gguf(tiny_rtn["sym"], out)
+    llm = _llama_cpp_run(out)
+    tok = load_tokenizer(tiny_rtn["sym"])
+    _check_tokenizer(llm, tok)
+    ids = probe_ids(tok)
+    reference = logits(dequantized_reference(tiny_rtn["sym"]), ids)
+    ours = _llama_cpp_logits(llm, ids)
+    assert relative_error(ours, reference) < LLAMA_CPP_TINY_TOL
+    assert (ours.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9
+
+
+def _edited(src: Path, dst: Path, **qc) -> Path:
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    for key, value in qc.items():
+        if key == "model_type":
+            config[key] = value
+        else:
+            config["quantization_config"][key] = value
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"desc_act": True}, "act-order GPTQ is not exported"),
+    ({"bits": 3}, "GPTQ 3-bit is not exported"),
+    ({"group_size": 16}, "group size 16 is not a multiple of 32"),
+    ({"checkpoint_format": "gptq_v2"}, "format 'gptq_v2' is not exported"),
+    ({"quant_method": "bitsandbytes"}, "bitsandbytes checkpoints are not exported"),
+    ({"model_type": "gpt2"}, "supports Llama-family models"),
+])
+def test_unsupported_layouts_refused(tiny_rtn, tmp_path, edit, message):
+    bad = _edited(tiny_rtn["sym"], tmp_path / "bad", **edit)
+    with pytest.raises(CompressError, match=message):
+        export_gguf(bad, tmp_path / "out.gguf")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".out.gguf*"))  # nothing half-written
+
+
+def _cli(capsys, *argv):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return exc.value.code, captured.err
+
+
+def test_cli_bad_input_one_line(tiny_rtn, tmp_path, capsys):
+    cases = [
+        ([str(tmp_path / "missing"), "--output", str(tmp_path / "a.gguf")], "is not an artifact directory"),
+        ([str(tiny_rtn["sym"]), "--output", str(tmp_path / "a.bin")], "must end in .gguf"),
+        ([str(tiny_rtn["sym"]), "--output", str(tmp_path / "a.gguf"), "--format", "onnx"], "onnx"),
+    ]
+    (tmp_path / "exists.gguf").write_text("x")
+    cases.append(([str(tiny_rtn["sym"]), "--output", str(tmp_path / "exists.gguf")], "already exists"))
+    for argv, message in cases:
+        code, err = _cli(capsys, "export", *argv)
+        assert code == 2 and message in err, (argv, err)
+        assert "Traceback" not in err
+        if "--format" not in argv:
+            assert len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_writes_the_file(tiny_rtn, tmp_path, capsys):
+    code, _ = _cli(capsys, "export", str(tiny_rtn["sym"]), "--output", str(tmp_path / "m.gguf"))
+    assert code in (0, None) and (tmp_path / "m.gguf").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def smol_rtn32(tmp_path_factory, smollm2_gguf):
+    out = tmp_path_factory.mktemp("smol-export")
+    cfg = make_config(method="rtn", bits=4, group_size=32)
+    return Path(quantize(str(smollm2_gguf), cfg, out / "rtn32", device="cpu", measure_quality=False).output)
+
+
+@pytest.mark.slow
+def test_smollm2_export_round_trip(smol_rtn32, tmp_path):
+    """SmolLM2 RTN g32 → Q4_0: exact in transformers, close in llama.cpp, same token ids as the HF tokenizer."""
+    out = tmp_path / "smol-q4_0.gguf"
+    result = export_gguf(smol_rtn32, out)
+    assert result.file_type == "Q4_0" and "copied from the source GGUF" in result.tokenizer
+    tok = load_tokenizer(smol_rtn32)
+    ids = probe_ids(tok)
+    reference = logits(dequantized_reference(smol_rtn32), ids)
+    assert relative_error(_gguf_transformers_logits(out, ids), reference) < 1e-4  # bf16 embeddings → F16: exact
+    llm = _llama_cpp_run(out)
+    _check_tokenizer(llm, tok)
+    ours = _llama_cpp_logits(llm, ids)
+    assert relative_error(ours, reference) < LLAMA_CPP_SMOL_TOL
+    assert (ours.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9
