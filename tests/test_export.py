@@ -34,7 +34,7 @@ MIXED_TEXT = [
 
 
 def _llama_cpp():
-    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make setup builds it)")
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -c constraints.txt -e '.[llamacpp]'; see README, Export)")
 
 
 def _gguf_transformers_logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ def _llama_cpp_run(path: Path):
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"llama.cpp cannot run here (exit {r.returncode}; SIGILL = 132/-4: rebuild llama-cpp-python "
-                    "with CFLAGS/CXXFLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16', as make setup does)")
+                    "with CFLAGS/CXXFLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'; see README, Export)")
     return llama_cpp.Llama(model_path=str(path), n_ctx=512, logits_all=True, verbose=False, n_threads=2, seed=0)
 
 
