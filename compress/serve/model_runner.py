@@ -150,7 +150,7 @@ class ModelRunner:
         end = start + torch.tensor([len(c) for c in chunks], device=self.device)[:, None]  # [k, 1]
         positions = start + torch.arange(width, device=self.device)[None]  # [k, w]
         write = torch.where(positions < end, positions, self.cache.trash)
-        kv_len = int(max(e for e in (st + len(c) for st, c in zip(starts, chunks))))
+        kv_len = max(st + len(c) for st, c in zip(starts, chunks))  # keys the longest row attends to
         keys = self.key_range[:kv_len][None, None]  # [1, 1, L]
         mask = (keys <= positions[:, :, None]) & (keys < end[:, :, None])  # [k, w, L]
         attention.set_context(StepContext(self.cache.keys, self.cache.values, decode=False, kv_len=kv_len,

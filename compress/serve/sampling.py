@@ -56,7 +56,7 @@ class Sampler:
         self.presence = torch.zeros(slots, **f)
         self.frequency = torch.zeros(slots, **f)
         self.repetition = torch.ones(slots, **f)
-        self.eos = torch.tensor(sorted(ban_ids), device=device, dtype=torch.int64)
+        self.eos = sorted(ban_ids)  # banned below min_tokens, with the request's stop_token_ids
         self.counts: torch.Tensor | None = None  # [slots, vocab] output token counts (allocated on first use)
         self.seen: torch.Tensor | None = None  # [slots, vocab] prompt or output token (repetition penalty)
         self.bias: torch.Tensor | None = None  # [slots, vocab]
@@ -99,7 +99,7 @@ class Sampler:
         if banned:
             logits = logits.clone()
             for i in banned:
-                ban = list(seqs[i].params.stop_token_ids) + self.eos.tolist()
+                ban = list(seqs[i].params.stop_token_ids) + self.eos
                 logits[i, torch.tensor(ban, device=logits.device, dtype=torch.int64)] = float("-inf")
         logprobs = torch.log_softmax(logits, dim=-1) if any(p.logprobs is not None for p in params) else None
         greedy = logits.argmax(dim=-1)
