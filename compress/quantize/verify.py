@@ -41,12 +41,11 @@ def probe_ids(tokenizer) -> torch.Tensor:
 
 
 def _unpack(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
-    """Split each int32 of `packed` into 32/bits codes along `dim` (low bits first)."""
-    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
-    mask = (1 << bits) - 1
-    if dim == 0:  # qweight [K*bits/32, N] -> [K, N]
-        return ((packed.unsqueeze(1) >> shifts.view(1, -1, 1)) & mask).reshape(-1, packed.shape[-1])
-    return ((packed.unsqueeze(2) >> shifts.view(1, 1, -1)) & mask).reshape(packed.shape[0], -1)  # qzeros [G, N]
+    """Split each int32 of `packed` into 32/bits codes along `dim` (low bits first): qweight [K*bits/32, N] -> [K, N]
+    with dim 0, qzeros [G, N*bits/32] -> [G, N] with dim 1."""
+    if dim == 0:
+        return _unpack_bitstream(packed.t(), bits, packed.shape[0] * 32 // bits).t()
+    return _unpack_bitstream(packed, bits, packed.shape[1] * 32 // bits)
 
 
 def unpack_gptq_v1(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
@@ -71,6 +70,10 @@ def unpack_gptq_v1(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Te
 def _unpack_bitstream(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """[R, W] int32 words, each row a little-endian bit stream of `n` `bits`-wide values → [R, n].
     GPTQ packs 2/4/8 bits within words and 3 bits across word boundaries: both are this stream."""
+    if 32 % bits == 0:  # whole codes per word: shift and mask, no per-bit expansion
+        shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+        codes = (words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)  # [R, W, 32/bits]
+        return codes.reshape(words.shape[0], -1)[:, :n]
     shifts = torch.arange(32, dtype=torch.int32)
     stream = ((words.unsqueeze(-1) >> shifts) & 1).reshape(words.shape[0], -1)[:, : n * bits]  # [R, n*bits]
     weights = (1 << torch.arange(bits, dtype=torch.int32))
