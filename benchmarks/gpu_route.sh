@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6 on the GPU machine, after the setup of benchmarks/gpu_distill.py (teacher at /tmp/m/model.gguf, WikiText-2
 # under /tmp/g/data, wheels in /tmp/site). Two steps, one device call each:
-#   bash benchmarks/gpu_route.sh student NAME LAYERS STEPS      # distil a student tier into /tmp/tiers/NAME
+#   bash benchmarks/gpu_route.sh student NAME LAYERS STEPS [SELECT_TOKENS]  # distil a student tier into /tmp/tiers/NAME
 #   bash benchmarks/gpu_route.sh bench EASY_SHARE RATES OUT NAME...  # route_mixed.py on those tiers -> $OUT/...
 # The student is distilled on sequence-continuation text like the workload's easy traffic
 # (benchmarks/route_student_data.py, 1M lines, generated here) plus WikiText-2 valid x4, KD + 0.5 CE.
@@ -9,12 +9,12 @@ set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 COMPRESS_CACHE=/tmp/cc PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 case $1 in
 student)
-  name=$2 layers=$3 steps=$4
+  name=$2 layers=$3 steps=$4 select=${5:+--layer-select-tokens $5}
   [ -f /tmp/g/seq.txt ] || python3 benchmarks/route_student_data.py --out /tmp/g/seq.txt --lines 1000000
   w=/tmp/g/data/wiki.valid.tokens
   python3 -m compress distill /tmp/m/model.gguf --output /tmp/tiers/$name --student-layers $layers \
     --data /tmp/g/seq.txt --data $w --data $w --data $w --data $w --ce-weight 0.5 --seq-len 256 --batch-size 64 \
-    --lr 1e-3 --warmup-steps 30 --max-steps $steps --eval-tokens 16384 --overwrite --device cuda 2>&1 \
+    --lr 1e-3 --warmup-steps 30 --max-steps $steps --eval-tokens 16384 --overwrite --device cuda $select 2>&1 \
     | grep -v -i warn | tr '\r' '\n' | grep -v "step\]$\|s/step" | tail -5
   python3 -c "import json;m=json.load(open('/tmp/tiers/$name/compress.json'))['metrics'];print('$name', {k: m[k] for k in ('steps','tokens_seen','tokens_per_s','teacher_ppl','student_ppl','kept_layers')})"
   python3 - /tmp/tiers/$name <<'PY'  # a quick look: greedy first word on the task's items, per family

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Session 7's GPU calls on one `nvidia-h200-x2` machine: issue 18 (two GPUs, the GPU recipe) and issue 20 (routed
+# serving on the new engine), one device call per step, each right after the last (the machine stays warm ~30 s;
+# /tmp and detached processes live while it does). The SmolLM2 GGUF travels in three pieces (`split -n 3 -d`
+# -> .part/model.gguf.0{0,1,2}); .whl holds ../shared/GPU.md's wheels (+ pypcre), .gl/data the text
+# (benchmarks/gpu_distill.py prepare's distill_train.txt.xz, wiki.valid/test.tokens, austen5.txt.xz).
+#   1. carry .whl .part/model.gguf.00   bash benchmarks/gpu_x2.sh setup   (wheels; Marlin JIT build, detached)
+#   2. carry .gl .part/model.gguf.01    bash benchmarks/gpu_x2.sh piece
+#   3. carry .part/model.gguf.02        bash benchmarks/gpu_x2.sh scale   (gpu_scale2.sh steps 1-5, both GPUs)
+#   4. no carry                         bash benchmarks/gpu_x2.sh route   (GPU 0: s4 student + route_mixed.py;
+#                                        GPU 1, detached: recipes/gpu-quick.yaml via gpu_recipe.sh run)
+#   5. no carry                         bash benchmarks/gpu_x2.sh recipe  (waits for the recipe, collects it)
+set -uo pipefail
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+OUT=${OUT:-/tmp/out}
+mkdir -p /tmp/parts /tmp/g/data "$OUT"
+cp .part/model.gguf.* /tmp/parts/ 2>/dev/null
+cp -r .gl/data/* /tmp/g/data/ 2>/dev/null
+assemble() {
+  [ -f /tmp/m/model.gguf ] && return
+  mkdir -p /tmp/m && cat /tmp/parts/model.gguf.* > /tmp/m/model.gguf
+  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/m/model.gguf" | sha256sum -c -
+}
+case $1 in
+setup)
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/site .whl/pypcre-*.tar.gz
+  touch /tmp/site/.done
+  cd /tmp && PYTHONPATH=/tmp/site GPTQMODEL_OFFLINE=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=24 setsid nohup python3 -c \
+    "from gptqmodel import extension; extension.load(name='marlin_bf16')" > /tmp/marlin_build.log 2>&1 &
+  python3 -c "import torch, transformers, accelerate; print(torch.__version__, transformers.__version__, accelerate.__version__)"
+  ls /tmp/parts ;;
+piece) ls /tmp/parts /tmp/g/data; tail -2 /tmp/marlin_build.log ;;
+scale)
+  assemble || exit 1
+  AUSTEN=/tmp/g/data/austen5.txt.xz SEL_TOKENS="2048 512 256" timeout 560 bash benchmarks/gpu_scale2.sh ;;
+route)
+  assemble || exit 1
+  tail -2 /tmp/marlin_build.log
+  rm -rf /tmp/gq; mkdir -p /tmp/out_recipe
+  CUDA_VISIBLE_DEVICES=1 OUT=/tmp/out_recipe setsid nohup bash -c \
+    'bash benchmarks/gpu_recipe.sh run > /tmp/recipe.log 2>&1; echo done > /tmp/recipe.done' > /dev/null 2>&1 &
+  export CUDA_VISIBLE_DEVICES=0
+  timeout 230 bash benchmarks/gpu_route.sh student s4 4 ${STEPS:-1000} ${SELECT_TOKENS:-512}
+  timeout 300 bash benchmarks/gpu_route.sh bench 0.8 ${RATES:-96,192,384} $OUT/route_mixed_cuda_engine.json s4
+  tail -5 /tmp/recipe.log ;;
+recipe)
+  for _ in $(seq ${WAIT:-110}); do [ -f /tmp/recipe.done ] && break; sleep 5; done
+  grep -v "^\s*$" /tmp/recipe.log | tail -40
+  if ! grep -q "recipe finished" /tmp/recipe.log; then  # cut at 560 s: one more stretch, resumed
+    CUDA_VISIBLE_DEVICES=1 OUT=/tmp/out_recipe timeout 500 bash benchmarks/gpu_recipe.sh run
+  fi
+  cd /tmp/out_recipe && tar czf "$OUT/gpu_quick.tar.gz" . && ls -la "$OUT" ;;
+esac
