@@ -36,7 +36,7 @@ bench)
   share=$2 rates=$3 out=$4; shift 4
   args=(); for n in "$@"; do args+=(--student /tmp/tiers/$n --tier-name $n); done
   python3 benchmarks/route_mixed.py "${args[@]}" --source /tmp/m/model.gguf --device cuda --max-batch 32 \
-    --rates $rates --seconds 8 --easy-share $share --price-per-hour 3.0 --out $out 2>&1 | grep -v -i warn | tail -40 \
+    --rates $rates --seconds 8 ${POLICIES:+--policies $POLICIES} --easy-share $share --price-per-hour 3.0 --out $out 2>&1 | grep -v -i warn | tail -40 \
     || true
   for f in /tmp/route-mixed-*/*.log; do cp "$f" "${out%.json}_$(basename "$(dirname "$f")")_$(basename "$f")"; done
   ;;

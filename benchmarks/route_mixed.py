@@ -262,6 +262,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="where the server runs the tiers (cpu, cuda)")
     p.add_argument("--price-per-hour", type=float, default=0.10,
                    help="price of the machine-hour (CPU machine or GPU) that costs are computed from")
+    p.add_argument("--policies", default=None,
+                   help="comma list of the routing policies to load (default: auto, source, then each student)")
     p.add_argument("--out", default=None, help="default: benchmarks/results/route_mixed_DEVICE.json")
     args = p.parse_args()
     args.out = args.out or str(REPO / "benchmarks" / "results" / f"route_mixed_{args.device}.json")
@@ -333,7 +335,8 @@ def main() -> None:
     s = Server(manifest, work / "load.log", "--max-batch", str(args.max_batch), "--slo-window", str(args.slo_window),
                device=args.device)
     try:
-        for policy in ("auto", "source", *[t for t in order if t != "source"]):
+        policies = args.policies.split(",") if args.policies else ["auto", "source", *[t for t in order if t != "source"]]
+        for policy in policies:
             res["runs"][policy] = []
             for rate in [float(x) for x in args.rates.split(",")]:
                 seed = int(rate * 1000)
@@ -343,6 +346,7 @@ def main() -> None:
                 summary = {"rate": rate, **summarize(answers)}
                 res["runs"][policy].append(summary)
                 print(policy, json.dumps(summary), flush=True)
+                out.write_text(json.dumps({**res, "partial": True}, indent=2) + "\n")  # a cut-off run keeps its points
                 # Each (policy, rate) starts from a fresh SLO state: wait out the controller's window.
                 time.sleep(args.slo_window + 1)
     finally:
