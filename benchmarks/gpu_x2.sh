@@ -10,12 +10,19 @@
 #   4. no carry                         bash benchmarks/gpu_x2.sh route   (GPU 0: s4 student + route_mixed.py;
 #                                        GPU 1, detached: recipes/gpu-quick.yaml via gpu_recipe.sh run)
 #   5. no carry                         bash benchmarks/gpu_x2.sh recipe  (waits for the recipe, collects it)
+# The second lease (routed serving again, and the engine process against the engine thread):
+#   1. carry .whl .gpudata .part/model.gguf.00   bash benchmarks/gpu_x2.sh setup
+#   2. carry .part/model.gguf.01                 bash benchmarks/gpu_x2.sh piece
+#   3. carry .part/model.gguf.02                 bash benchmarks/gpu_x2.sh serve
+#      (GPU 0: s4 student, then route_mixed.py auto vs source; GPU 1, detached meanwhile: serve_load.py engine thread
+#       against engine process on the real weights, then gpu_engine.py's staggered row after the prefill warm-up)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}
 mkdir -p /tmp/parts /tmp/g/data "$OUT"
 cp .part/model.gguf.* /tmp/parts/ 2>/dev/null
 cp -r .gl/data/* /tmp/g/data/ 2>/dev/null
+cp .gpudata/* /tmp/g/data/ 2>/dev/null
 assemble() {
   [ -f /tmp/m/model.gguf ] && return
   mkdir -p /tmp/m && cat /tmp/parts/model.gguf.* > /tmp/m/model.gguf
@@ -45,6 +52,20 @@ route)
   timeout 230 bash benchmarks/gpu_route.sh student s4 4 ${STEPS:-1000} ${SELECT_TOKENS:-512}
   timeout 300 bash benchmarks/gpu_route.sh bench 0.8 ${RATES:-96,192,384} $OUT/route_mixed_cuda_engine.json s4
   tail -5 /tmp/recipe.log ;;
+serve)
+  assemble || exit 1
+  CUDA_VISIBLE_DEVICES=1 setsid nohup bash -c "export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1; \
+    timeout 300 python3 benchmarks/serve_load.py --device cuda --model /tmp/m/model.gguf --modes thread,process \
+      --clients 1,32,64 --per-client 4 --max-tokens 128 --baseline-requests 0 --out $OUT > /tmp/gil.log 2>&1; \
+    timeout 150 python3 benchmarks/gpu_engine.py core --shape smollm2-shape --requests 1 --repeats 1 --rows staggered \
+      --out $OUT/engine_staggered_smollm2.json >> /tmp/gil.log 2>&1; echo done > /tmp/gil.done" > /dev/null 2>&1 &
+  export CUDA_VISIBLE_DEVICES=0
+  timeout 170 bash benchmarks/gpu_route.sh student s4 4 ${STEPS:-600} ${SELECT_TOKENS:-256}
+  POLICIES=auto,source timeout 250 bash benchmarks/gpu_route.sh bench 0.8 ${RATES:-96,192,384} \
+    $OUT/route_mixed_cuda_engine.json s4
+  for _ in $(seq 45); do [ -f /tmp/gil.done ] && break; sleep 2; done
+  grep -v -i warn /tmp/gil.log | tr '\r' '\n' | grep -v "^\s*$" | tail -30
+  (cd $OUT && tar czf logs.tar.gz *.log /tmp/gil.log 2>/dev/null; rm -f *.log; ls -la) ;;
 recipe)
   for _ in $(seq ${WAIT:-110}); do [ -f /tmp/recipe.done ] && break; sleep 5; done
   grep -v "^\s*$" /tmp/recipe.log | tail -40
