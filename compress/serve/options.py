@@ -43,6 +43,7 @@ class ServeOptions(BaseModel):
     body_timeout: float = Field(30.0, gt=0)
     max_model_len: int | None = Field(None, ge=16)
     prefill_budget: int | None = Field(None, ge=16)
+    engine_process: bool = True
 
     @model_validator(mode="after")
     def _keys_file(self) -> "ServeOptions":
@@ -77,7 +78,7 @@ class ServeOptions(BaseModel):
             route_floor=self.route_floor, route_keep=self.route_keep, slo_p95_s=slos, slo_window_s=self.slo_window,
             alert_webhook=self.alert_webhook, budget=budget, max_body_bytes=int(self.max_body_mb * (1 << 20)),
             header_timeout_s=self.header_timeout, body_timeout_s=self.body_timeout,
-            max_model_len=self.max_model_len, prefill_budget=self.prefill_budget)
+            max_model_len=self.max_model_len, prefill_budget=self.prefill_budget, engine_process=self.engine_process)
 
 
 def serve_options(**values) -> ServeOptions:
