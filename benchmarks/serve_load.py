@@ -352,6 +352,7 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     manifest = write_manifest(build_manifest([model_dir], names=[f"model={model_dir}"]), tmp / "tiers.yaml")
+    load_before = os.getloadavg()[0]
     runs = {m: serve_and_load(m, manifest, args, clients, texts, max_tokens, base, tmp) for m in modes}
 
     out = Path(args.out)
@@ -365,6 +366,11 @@ def main() -> None:
         "hardware": runtime.hardware(), "versions": runtime.library_versions(),
         "sequential_generate": base,
     }
+    if not cuda:  # a shared CPU: its flags and how busy it was
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from cpu_decode import lscpu_flags
+
+        result.update(cpu=lscpu_flags(), load_average_1min=[load_before, os.getloadavg()[0]])
     if set(modes) == {"thread", "process"}:
         result.update(benchmark="serve_gil", engines=runs, process_over_thread=compare(runs))
         path = out / f"serve_gil_{dev}.json"

@@ -177,7 +177,27 @@ def test_dead_engine_fails_in_flight_requests_server_stays_up_and_killed_server_
 
 
 def test_engine_mode_option_is_validated():
-    assert serve_options(engine_process=False).settings("cpu").engine_process is False
-    assert serve_options().settings("cpu").engine_process is True
+    assert serve_options(engine_process=False).settings("cuda").engine_process is False
+    assert serve_options(engine_process=True).settings("cpu").engine_process is True
+    assert serve_options().settings("cuda").engine_process is True  # the default: a process on a GPU
+    assert serve_options().settings("cpu").engine_process is False  # and a thread on a CPU
+    assert serve_options(device="cuda").settings("cpu").engine_process is True
     with pytest.raises(CompressError, match="--engine-process"):
         serve_options(engine_process="sometimes")
+
+
+@pytest.mark.parametrize("flags, device, process", [([], "cpu", False), ([], "cuda", True),
+                                                     (["--engine-process"], "cpu", True),
+                                                     (["--engine-thread"], "cuda", False)])
+def test_cli_forwards_the_engine_mode(monkeypatch, flags, device, process):
+    from typer.testing import CliRunner
+
+    import compress.serve.app as serve_app
+    from compress.cli import _register, app
+
+    _register()
+    seen = {}
+    monkeypatch.setattr(serve_app, "serve", lambda manifest, settings, **kw: seen.update(settings=settings))
+    r = CliRunner().invoke(app, ["serve", "tiers.yaml", "--device", device, *flags])
+    assert r.exit_code == 0, r.output
+    assert seen["settings"].engine_process is process and seen["settings"].device == device

@@ -70,7 +70,7 @@ class ServeSettings:
     body_timeout_s: float = 30.0  # the body must keep arriving: at most this between its chunks
     max_model_len: int | None = None  # tokens a KV slot holds; None: load_engine's default
     prefill_budget: int | None = None  # prompt tokens prefilled per engine step; None: load_engine's default
-    engine_process: bool = True  # each local tier's engine in its own process (engine_proc.py), not a thread
+    engine_process: bool = False  # each local tier's engine in its own process (engine_proc.py), not a thread
 
 
 def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, AsyncEngine] | None = None) -> FastAPI:
