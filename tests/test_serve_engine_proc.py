@@ -86,23 +86,28 @@ def answers(url: str) -> list[tuple]:
         return list(pool.map(one, [(m, p) for m in ("tiny-a", "tiny-b") for p in PROMPTS]))
 
 
+@pytest.fixture(scope="module")
+def proc_server(tiers, tmp_path_factory):
+    """Process mode, both tiers. The last test to use it kills one engine, then the server itself."""
+    s = Server(tiers, "--engine-process", "--max-batch", "4", "--max-wait-ms", "50",
+               log=tmp_path_factory.mktemp("log") / "p.log")
+    yield s
+    s.stop()
+
+
 @pytest.mark.slow  # two server processes
-def test_process_mode_gives_thread_modes_greedy_tokens_and_metrics(tiers, tmp_path):
+def test_process_mode_gives_thread_modes_greedy_tokens_and_metrics(tiers, proc_server, tmp_path):
     thread = Server(tiers, "--engine-thread", "--max-batch", "4", "--max-wait-ms", "50", log=tmp_path / "t.log")
     try:
         want = answers(thread.url)
         assert not {p for p in descendants(thread.proc.pid) if alive(p)}  # no engine process in thread mode
     finally:
         assert thread.stop() == 0
-    proc = Server(tiers, "--engine-process", "--max-batch", "4", "--max-wait-ms", "50", log=tmp_path / "p.log")
-    try:
-        assert set(engine_pids(proc.log)) == {"tiny-a", "tiny-b"}  # one engine process per tier
-        assert "CUDA initialised in the API process: False" in proc.log.read_text()
-        got = answers(proc.url)
-        text = httpx.get(proc.url + "/metrics").text
-        health = httpx.get(proc.url + "/health").json()
-    finally:
-        assert proc.stop() == 0
+    proc = proc_server
+    assert set(engine_pids(proc.log)) == {"tiny-a", "tiny-b"}  # one engine process per tier
+    assert "CUDA initialised in the API process: False" in proc.log.read_text()
+    got = answers(proc.url)
+    text = httpx.get(proc.url + "/metrics").text
     assert got == want  # token for token, both tiers, streamed and not
     assert all(g[4] == 12 and g[2] == g[5] for g in got)
     for tier in ("tiny-a", "tiny-b"):  # engine-side metrics reach the API process's /metrics, per tier
@@ -110,12 +115,13 @@ def test_process_mode_gives_thread_modes_greedy_tokens_and_metrics(tiers, tmp_pa
         assert metric(text, "compress_batch_size_count", tier=tier) > 0
         assert metric(text, "compress_time_to_first_token_seconds_count", tier=tier) == 2 * len(PROMPTS)
         assert metric(text, "compress_running_requests", tier=tier) == 0
-    assert health["status"] == "ok"
+    assert httpx.get(proc.url + "/health").json()["status"] == "ok"
 
 
 @pytest.mark.slow  # a server process
-def test_abort_frees_the_only_slot_then_clean_shutdown_leaves_no_process(tiers, tmp_path):
-    s = Server(tiers, "--engine-process", "--max-batch", "1", "--max-wait-ms", "0", log=tmp_path / "s.log")
+def test_abort_frees_the_only_slot_queue_bound_then_clean_shutdown_leaves_no_process(tiers, tmp_path):
+    s = Server(tiers, "--engine-process", "--max-batch", "1", "--max-queue", "1", "--max-wait-ms", "0",
+               log=tmp_path / "s.log")
     try:
         kids = descendants(s.proc.pid)
         assert set(engine_pids(s.log).values()) <= kids
@@ -134,46 +140,53 @@ def test_abort_frees_the_only_slot_then_clean_shutdown_leaves_no_process(tiers, 
         text = httpx.get(s.url + "/metrics").text
         assert metric(text, "compress_running_requests", tier="tiny-a") == 0
         assert metric(text, "compress_requests_total", tier="tiny-a", status="499") == 1
+        # The queue lives in the engine process: a full one still answers 429 (the engine's refusal).
+        body = {"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}
+        with cf.ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(lambda _: httpx.post(s.url + "/v1/completions", json=body, headers=NO_STORE,
+                                                     timeout=60), range(6)))
+        codes = sorted(a.status_code for a in got)
+        assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
+        refused = next(a for a in got if a.status_code == 429)
+        assert refused.json()["error"]["code"] == "queue_full" and int(refused.headers["retry-after"]) >= 1
+        assert len({a.json()["choices"][0]["text"] for a in got if a.status_code == 200}) == 1
     finally:
         assert s.stop() == 0
     assert not wait_gone(kids), "processes outlived the server"
 
 
-@pytest.mark.slow  # a server process
-def test_dead_engine_fails_in_flight_requests_server_stays_up_and_killed_server_leaves_no_process(tiers, tmp_path):
-    s = Server(tiers, "--engine-process", "--max-batch", "4", log=tmp_path / "d.log")
-    try:
-        pids = engine_pids(s.log)
-        with httpx.stream("POST", s.url + "/v1/completions", timeout=60,
-                          json={"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 1000,
-                                "temperature": 0, "stream": True}) as r:
-            lines = r.iter_lines()
-            assert next(lines).startswith("data: ")
-            os.kill(pids["tiny-a"], signal.SIGKILL)
-            events = [ln[6:] for ln in lines if ln.startswith("data: ")]
-        assert events[-1] == "[DONE]"
-        error = json.loads(events[-2])["error"]
-        assert "engine process of tier 'tiny-a' died (killed by SIGKILL)" in error["message"]
-        health = httpx.get(s.url + "/health")
-        assert health.status_code == 200 and health.json()["status"] == "degraded"
-        assert health.json()["down"] == {"tiny-a": "killed by SIGKILL"}
-        dead = httpx.post(s.url + "/v1/completions", json={"model": "tiny-a", "prompt": "x", "max_tokens": 2})
-        assert dead.status_code == 503 and dead.json()["error"]["code"] == "engine_down"
-        ok = httpx.post(s.url + "/v1/completions", json={"model": "tiny-b", "prompt": "x", "max_tokens": 2},
-                        timeout=60)
-        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
-        auto = httpx.post(s.url + "/v1/completions", json={"model": "auto", "prompt": "x", "max_tokens": 2},
-                          timeout=60)  # first choice tiny-a (the cheapest) is down: falls back to tiny-b
-        assert auto.status_code == 200 and auto.headers["x-compress-tier"] == "tiny-b"
-        assert re.search(r"tier tiny-a: the engine process \(pid \d+\) died: killed by SIGKILL", s.log.read_text())
-        # The API process killed outright: its engine process (and the resource tracker) notice and exit.
-        kids = descendants(s.proc.pid)
-        assert pids["tiny-b"] in kids
-        s.proc.kill()
-        s.proc.wait(10)
-        assert not wait_gone(kids), "processes outlived a killed server"
-    finally:
-        s.stop()
+@pytest.mark.slow  # kills proc_server's engine of tiny-a, then proc_server itself
+def test_dead_engine_fails_in_flight_requests_server_stays_up_and_killed_server_leaves_no_process(proc_server):
+    s = proc_server
+    pids = engine_pids(s.log)
+    with httpx.stream("POST", s.url + "/v1/completions", timeout=60,
+                      json={"model": "tiny-a", "prompt": "Once upon a time", "max_tokens": 1000,
+                            "temperature": 0, "stream": True}) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        os.kill(pids["tiny-a"], signal.SIGKILL)
+        events = [ln[6:] for ln in lines if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert "engine process of tier 'tiny-a' died (killed by SIGKILL)" in error["message"]
+    health = httpx.get(s.url + "/health")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert health.json()["down"] == {"tiny-a": "killed by SIGKILL"}
+    dead = httpx.post(s.url + "/v1/completions", json={"model": "tiny-a", "prompt": "x", "max_tokens": 2})
+    assert dead.status_code == 503 and dead.json()["error"]["code"] == "engine_down"
+    ok = httpx.post(s.url + "/v1/completions", json={"model": "tiny-b", "prompt": "x", "max_tokens": 2},
+                    timeout=60)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+    auto = httpx.post(s.url + "/v1/completions", json={"model": "auto", "prompt": "x", "max_tokens": 2},
+                      timeout=60)  # first choice tiny-a (the cheapest) is down: falls back to tiny-b
+    assert auto.status_code == 200 and auto.headers["x-compress-tier"] == "tiny-b"
+    assert re.search(r"tier tiny-a: the engine process \(pid \d+\) died: killed by SIGKILL", s.log.read_text())
+    # The API process killed outright: its engine process (and the resource tracker) notice and exit.
+    kids = descendants(s.proc.pid)
+    assert pids["tiny-b"] in kids
+    s.proc.kill()
+    s.proc.wait(10)
+    assert not wait_gone(kids), "processes outlived a killed server"
 
 
 def test_engine_mode_option_is_validated():
