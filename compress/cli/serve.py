@@ -42,6 +42,7 @@ def serve(
     body_timeout: Annotated[float, typer.Option(help="Seconds a request body may pause between chunks (then 408).")] = 30.0,
     max_model_len: Annotated[Optional[int], typer.Option(help="Tokens (prompt + answer) a KV slot holds (default: the model's context, at most 8192 on a GPU, 2048 on a CPU).")] = None,
     prefill_budget: Annotated[Optional[int], typer.Option(help="Prompt tokens prefilled per engine step: bounds how long a long prompt stalls running streams (default 2048 on a GPU, 512 on a CPU).")] = None,
+    engine_process: Annotated[Optional[bool], typer.Option("--engine-process/--engine-thread", help="Run each local tier's engine in its own process (the HTTP event loop never waits on the engine's GIL), or in a thread of the server process (default: a process on a GPU, a thread on a CPU).", show_default=False)] = None,
 ) -> None:
     """Serve the manifest's tiers over an OpenAI-compatible HTTP API."""
     options = {k: v for k, v in locals().items() if k != "manifest"}

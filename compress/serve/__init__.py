@@ -5,7 +5,8 @@ Request path (one home per step):
   request's steps: auth, limits, route, SLO admission, cache in steps.py; dispatch.py tries the tiers;
   local.py shapes a local engine's answer, params.py maps a request to SamplingParams) -> router.py
   (model id -> tiers; `auto` by difficulty, or by learned.py's per-tier predicted success when the manifest names a router.json) -> engine.py
-  (per-tier async front end: one queue per request, fed by one background engine loop thread) ->
+  (per-tier async front end: one queue per request, fed by one background engine loop thread; or, the
+  default on a GPU, engine_proc.py: the same engine loop in a child process, fed and read over pipes) ->
   batcher.py (continuous-batching scheduler: waiting queue, admission, chunked prefill, step bookkeeping;
   no model; sequence.py holds a request's state, detokenize.py the incremental detokenizer) ->
   model_runner.py (the HF model over slots.py's KV cache in slots, attention.py's slot attention

@@ -70,9 +70,11 @@ class ServeSettings:
     body_timeout_s: float = 30.0  # the body must keep arriving: at most this between its chunks
     max_model_len: int | None = None  # tokens a KV slot holds; None: load_engine's default
     prefill_budget: int | None = None  # prompt tokens prefilled per engine step; None: load_engine's default
+    engine_process: bool = False  # each local tier's engine in its own process (engine_proc.py), not a thread
 
 
 def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, AsyncEngine] | None = None) -> FastAPI:
+    # `engines`: AsyncEngine or engine_proc.ProcEngine, by tier name
     """The app; local tiers' engines are loaded at startup (before the port opens) unless given."""
     metrics = ServeMetrics() if not engines else next(iter(engines.values())).metrics
     tiers = Tiers(engines=dict(engines or {}))
@@ -81,16 +83,22 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        for tier in manifest.tiers:
-            if isinstance(tier, LocalTier):
-                if tier.name not in tiers.engines:
-                    log.info("loading tier %s from %s", tier.name, tier.path)
-                    tiers.engines[tier.name] = await asyncio.to_thread(
-                        load_engine, tier, settings.device, max_batch=settings.max_batch,
-                        max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue, metrics=metrics,
-                        max_len=settings.max_model_len, prefill_budget=settings.prefill_budget)
-            else:
-                tiers.remotes[tier.name] = RemoteTier(tier)
+        try:
+            for tier in manifest.tiers:
+                if isinstance(tier, LocalTier):
+                    if tier.name not in tiers.engines:
+                        log.info("loading tier %s from %s", tier.name, tier.path)
+                        tiers.engines[tier.name] = await asyncio.to_thread(
+                            load_engine, tier, settings.device, max_batch=settings.max_batch,
+                            max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue, metrics=metrics,
+                            max_len=settings.max_model_len, prefill_budget=settings.prefill_budget,
+                            process=settings.engine_process)
+                else:
+                    tiers.remotes[tier.name] = RemoteTier(tier)
+        except BaseException:  # a tier failed to load: end the engine processes already started
+            for eng in tiers.engines.values():
+                await asyncio.to_thread(eng.stop, 10)
+            raise
         for eng in tiers.engines.values():
             eng.start()
         yield
@@ -108,7 +116,13 @@ def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, A
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "tiers": [t.name for t in manifest.tiers]}
+        names = [t.name for t in manifest.tiers]
+        down = {name: eng.down for name, eng in tiers.engines.items() if eng.down}
+        if not down:
+            return {"status": "ok", "tiers": names}
+        # Degraded: the other tiers (and fallbacks to them) still serve; 503 once no tier can.
+        return JSONResponse({"status": "degraded", "tiers": names, "down": down},
+                            status_code=503 if len(down) == len(names) else 200)
 
     @app.get("/metrics")
     async def prom():

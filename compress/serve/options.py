@@ -43,6 +43,7 @@ class ServeOptions(BaseModel):
     body_timeout: float = Field(30.0, gt=0)
     max_model_len: int | None = Field(None, ge=16)
     prefill_budget: int | None = Field(None, ge=16)
+    engine_process: bool | None = None  # None: a process on a GPU, a thread on a CPU (benchmarks/serve_load.py)
 
     @model_validator(mode="after")
     def _keys_file(self) -> "ServeOptions":
@@ -69,15 +70,19 @@ class ServeOptions(BaseModel):
             budget = BudgetConfig(window_s=self.budget_window, max_tokens=self.budget_tokens,
                                   max_cost=self.budget_cost, key_max_tokens=self.key_budget_tokens,
                                   hard=self.budget_hard)
+        device = self.device or default_device
+        # On a GPU the engine thread's Python work and the HTTP side's starve each other on one GIL (RESULTS.md,
+        # issue 20); on a small CPU the engine computes on the cores the HTTP side needs, so a process buys nothing.
+        process = device.startswith("cuda") if self.engine_process is None else self.engine_process
         slos = {c: v for c, v in (("interactive", self.slo_p95), ("batch", self.slo_batch_p95)) if v is not None}
         return ServeSettings(
             max_queue=self.max_queue, max_batch=self.max_batch, max_wait_ms=self.max_wait_ms, api_keys=self.keys(),
-            rate_limit_rpm=self.rate_limit_rpm, device=self.device or default_device, cache_ttl_s=self.cache_ttl,
+            rate_limit_rpm=self.rate_limit_rpm, device=device, cache_ttl_s=self.cache_ttl,
             cache_max_bytes=int(self.cache_max_mb * (1 << 20)), cache_db=str(self.cache_db) if self.cache_db else None,
             route_floor=self.route_floor, route_keep=self.route_keep, slo_p95_s=slos, slo_window_s=self.slo_window,
             alert_webhook=self.alert_webhook, budget=budget, max_body_bytes=int(self.max_body_mb * (1 << 20)),
             header_timeout_s=self.header_timeout, body_timeout_s=self.body_timeout,
-            max_model_len=self.max_model_len, prefill_budget=self.prefill_budget)
+            max_model_len=self.max_model_len, prefill_budget=self.prefill_budget, engine_process=process)
 
 
 def serve_options(**values) -> ServeOptions:

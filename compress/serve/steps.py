@@ -132,7 +132,7 @@ class SLOAdmission:
             self.metrics.slo_p95.labels(c).set(float("nan") if p95 is None else p95)
         wait = self.max_wait_s * slo.wait_scale(now)
         for eng in self.engines():
-            eng.core.batcher.max_wait_s = wait
+            eng.set_max_wait(wait)
         if not slo.admit(ctx.cls, now):
             ctx.shed = True
             self.metrics.shed.labels(ctx.tier, ctx.cls).inc()
