@@ -11,7 +11,7 @@
 #                                        GPU 1, detached: recipes/gpu-quick.yaml via gpu_recipe.sh run)
 #   5. no carry                         bash benchmarks/gpu_x2.sh recipe  (waits for the recipe, collects it)
 # The second lease (routed serving again, and the engine process against the engine thread):
-#   1. carry .whl .gpudata .part/model.gguf.00   bash benchmarks/gpu_x2.sh setup
+#   1. carry .whl .gpudata .part/model.gguf.00   NO_MARLIN=1 bash benchmarks/gpu_x2.sh setup
 #   2. carry .part/model.gguf.01                 bash benchmarks/gpu_x2.sh piece
 #   3. carry .part/model.gguf.02                 bash benchmarks/gpu_x2.sh serve
 #      (GPU 0: s4 student, then route_mixed.py auto vs source; GPU 1, detached meanwhile: serve_load.py engine thread
@@ -34,8 +34,10 @@ setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/site .whl/pypcre-*.tar.gz
   touch /tmp/site/.done
-  cd /tmp && PYTHONPATH=/tmp/site GPTQMODEL_OFFLINE=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=24 setsid nohup python3 -c \
-    "from gptqmodel import extension; extension.load(name='marlin_bf16')" > /tmp/marlin_build.log 2>&1 &
+  if [ -z "${NO_MARLIN:-}" ]; then  # gptqmodel's Marlin kernel, a JIT build (~2 min), detached
+    (cd /tmp && PYTHONPATH=/tmp/site GPTQMODEL_OFFLINE=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=24 setsid nohup python3 -c \
+      "from gptqmodel import extension; extension.load(name='marlin_bf16')" > /tmp/marlin_build.log 2>&1 &)
+  fi
   python3 -c "import torch, transformers, accelerate; print(torch.__version__, transformers.__version__, accelerate.__version__)"
   ls /tmp/parts ;;
 piece) ls /tmp/parts /tmp/g/data; tail -2 /tmp/marlin_build.log ;;
