@@ -27,9 +27,10 @@ decode to plain ASCII text are zeroed: each token streams as text, and the step'
 Everything stays on 127.0.0.1: the script starts `python -m compress serve` on a free port, runs
 closed-loop clients through the official `openai` client (each sends its requests one after another,
 streaming, greedy, `ignore_eos` so every request generates exactly --max-tokens), then stops the server.
-Per load point: tokens/s, end-to-end latency, TTFT, inter-token latency (gaps between streamed chunks), and
-the round trip of a /health probe sent every 20 ms during the load (how long the HTTP event loop waits while
-the engine thread holds the GIL). The baseline generates
+Per load point: tokens/s, end-to-end latency, TTFT, inter-token latency (gaps between streamed chunks), the
+round trip of a /health probe sent every 20 ms during the load (how long the HTTP event loop waits while the
+engine thread holds the GIL), and the CPU time per streamed token of the server process and of its engine
+processes (Linux /proc): how near the server process is to the one core its event loop can use. The baseline generates
 the same prompts one at a time with `model.generate` (greedy, min_new_tokens = max_new_tokens) in
 this process before the server starts, on the same device and dtype.
 
@@ -226,6 +227,25 @@ async def load(url: str, texts: list[str], clients: int, per_client: int, max_to
             "health_max_ms": 1e3 * max(health, default=float("nan"))}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
 def batch_sizes(url: str) -> dict:
     import httpx
 
@@ -260,10 +280,17 @@ def serve_and_load(mode: str | None, manifest: Path, args, clients: list[int], t
     try:
         wait_healthy(url, server, log_path)
         asyncio.run(load(url, texts, 1, 1, 4))  # warm-up
+        engines = children(server.pid)  # process mode: the engine processes (and multiprocessing's tracker)
         for n in clients:
             before = batch_sizes(url)
+            cpu0 = cpu_seconds(server.pid), sum(map(cpu_seconds, engines))
             r = asyncio.run(load(url, texts, n, args.per_client, max_tokens))
+            cpu1 = cpu_seconds(server.pid), sum(map(cpu_seconds, engines))
             after = batch_sizes(url)
+            # CPU time per streamed token: the server process's (HTTP, streaming; in thread mode the engine too) and
+            # its engine processes'. 1e6 / the first is the most tokens/s that process could stream on one core.
+            r["server_cpu_us_per_token"] = 1e6 * (cpu1[0] - cpu0[0]) / max(r["tokens"], 1)
+            r["engine_proc_cpu_us_per_token"] = 1e6 * (cpu1[1] - cpu0[1]) / max(r["tokens"], 1)
             steps = after["count"] - before["count"]
             r["mean_batch_size"] = (after["sum"] - before["sum"]) / steps if steps else None
             if base:
@@ -273,7 +300,8 @@ def serve_and_load(mode: str | None, manifest: Path, args, clients: list[int], t
                   f"p50 {r['latency_p50_s']:.2f} s, p95 {r['latency_p95_s']:.2f} s, "
                   f"TTFT p50 {r['ttft_p50_s']:.3f} s, ITL p50/p95 {r['itl_p50_ms']:.2f}/{r['itl_p95_ms']:.1f} ms, "
                   f"/health p50 {r['health_p50_ms']:.1f} ms max {r['health_max_ms']:.0f} ms, "
-                  f"mean batch {r['mean_batch_size'] or 0:.1f}, ok {r['ok']}/{r['requests']}", flush=True)
+                  f"mean batch {r['mean_batch_size'] or 0:.1f}, ok {r['ok']}/{r['requests']}, CPU us/token server "
+                  f"{r['server_cpu_us_per_token']:.0f} engine proc {r['engine_proc_cpu_us_per_token']:.0f}", flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
         try:

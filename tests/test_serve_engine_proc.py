@@ -5,9 +5,12 @@ cleanly or is killed."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import json
+import multiprocessing as mp
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -20,6 +23,7 @@ import pytest
 
 from compress.errors import CompressError
 from compress.manifest import build_manifest, write_manifest
+from compress.serve.engine_proc import PipeWriter
 from compress.serve.options import serve_options
 from compress.testing import build_tiny_llama
 from tests.serve_helpers import Server, metric
@@ -214,3 +218,22 @@ def test_cli_forwards_the_engine_mode(monkeypatch, flags, device, process):
     r = CliRunner().invoke(app, ["serve", "tiers.yaml", "--device", device, *flags])
     assert r.exit_code == 0, r.output
     assert seen["settings"].engine_process is process and seen["settings"].device == device
+
+
+def test_pipe_writer_never_blocks_the_loop_and_keeps_order():
+    """More than a pipe holds (~64 KiB on Linux), sent from the event loop while nobody reads: `send` returns at once,
+    the rest goes out as a reader (another thread here; the engine process in serving) drains the pipe."""
+    reader, writer_end = mp.get_context("spawn").Pipe(duplex=False)
+    msgs = [("add", i, list(range(i % 50, 2000)), None, 0, 0.0) for i in range(64)]  # ~8 KiB each pickled
+
+    async def main():
+        w = PipeWriter(writer_end, asyncio.get_running_loop())
+        for m in msgs:  # a blocking write would wait here forever: the reader starts only below
+            w.send(m)
+        assert w.unsent and w.waiting  # the pipe is full: the rest waits for room
+        got = await asyncio.to_thread(lambda: [pickle.loads(reader.recv_bytes()) for _ in msgs])
+        await asyncio.sleep(0)
+        return got, w
+
+    got, w = asyncio.run(main())
+    assert got == msgs and not w.unsent and not w.waiting

@@ -18,8 +18,9 @@ Transport: two one-way `multiprocessing` pipes (spawn context) carrying pickled 
     engine -> API: ("ready", info) | ("failed", why) | ("fatal", traceback) | ("out", stats, outputs)
     an output: (rid, delta, token_ids, new_tokens, finish, error, logprobs, first_token_at, admitted_at,
                 prompt_logprobs)
-The API side reads on its event loop (`add_reader` on the pipe: no thread of its own polls for the GIL) and
-writes through a small writer thread (a full pipe never blocks the event loop). Pickle over a pipe is stdlib and
+The API side reads and writes on its event loop (`add_reader` on one pipe; non-blocking writes on the other,
+`add_writer` when it is full, `PipeWriter`): no IPC thread of its own (no GIL handoffs for the pipes), and a busy
+engine never blocks the loop. Pickle over a pipe is stdlib and
 needs no broker; a step's outputs are small tuples of ints and short strings, one message per step, so
 pyzmq + msgpack (vLLM's choice) would add two packages for no measured need. Times are `time.monotonic()`,
 one clock for both processes (CLOCK_MONOTONIC is system-wide on Linux).
@@ -45,10 +46,9 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
-import queue
 import signal
+import struct
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -214,8 +214,7 @@ class ProcEngine:
         self._down: str | None = None
         self._fatal: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._writes: queue.SimpleQueue = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write, name=f"engine-ipc-{spec.tier}", daemon=True)
+        self._writer: PipeWriter | None = None
 
     @classmethod
     def launch(cls, spec: EngineSpec, metrics: ServeMetrics) -> "ProcEngine":
@@ -257,13 +256,13 @@ class ProcEngine:
         """Start listening to the engine (on the running event loop)."""
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._outputs.fileno(), self._on_readable)
-        self._writer.start()
+        self._writer = PipeWriter(self._requests, self._loop)
 
     def stop(self, timeout: float | None = None) -> None:
         """Let the engine finish the work it accepted, then end it (killed if it has not ended by `timeout`)."""
         self._stopping = True
-        if self._writer.is_alive():
-            self._send(("stop",))
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._send, ("stop",))
         else:  # never started (another tier failed to load)
             _send(self._requests, ("stop",))
         self.process.join(timeout)
@@ -271,9 +270,6 @@ class ProcEngine:
             log.warning("tier %s: the engine process did not stop within %s s; killing it", self.tier, timeout)
             self.process.kill()
             self.process.join(10)
-        self._writes.put(None)
-        if self._writer.is_alive():
-            self._writer.join(5)
 
     async def generate(self, rid: str, prompt_ids: list[int], params: SamplingParams,
                        priority: int = 0) -> AsyncIterator[Event]:
@@ -304,17 +300,7 @@ class ProcEngine:
     # -- IPC
 
     def _send(self, msg) -> None:
-        self._writes.put(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
-
-    def _write(self) -> None:
-        while True:
-            data = self._writes.get()
-            if data is None:
-                return
-            try:
-                self._requests.send_bytes(data)
-            except OSError:
-                return  # the engine is gone; the reader reports it
+        self._writer.send(msg)
 
     def _on_readable(self) -> None:
         try:
@@ -373,6 +359,40 @@ class ProcEngine:
         self._seqs.clear()
         self.metrics.running.labels(self.tier).set(0)
         self.metrics.queue_depth.labels(self.tier).set(0)
+
+
+class PipeWriter:
+    """Pickled messages into a `multiprocessing` pipe from an event loop, never blocking it: framed as
+    `Connection.recv_bytes` reads them (4-byte big-endian length, then the bytes), written at once when the pipe
+    has room, else kept and written from the loop (`add_writer`) as it drains. Loop thread only."""
+
+    def __init__(self, conn, loop: asyncio.AbstractEventLoop):
+        self.fd, self.loop = conn.fileno(), loop
+        os.set_blocking(self.fd, False)  # this end only (the reader's end is its own file description)
+        self.unsent = bytearray()  # framed messages the pipe has not taken yet
+        self.waiting = False  # flush() is registered to run when the pipe has room
+
+    def send(self, msg) -> None:
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        idle = not self.unsent
+        self.unsent += struct.pack("!i", len(data)) + data
+        if idle:
+            self.flush()
+
+    def flush(self) -> None:
+        try:
+            while self.unsent:
+                del self.unsent[:os.write(self.fd, self.unsent)]
+        except BlockingIOError:
+            if not self.waiting:
+                self.waiting = True
+                self.loop.add_writer(self.fd, self.flush)
+            return
+        except OSError:
+            self.unsent.clear()  # the reader is gone (the engine died): ProcEngine's reader reports it
+        if self.waiting:
+            self.waiting = False
+            self.loop.remove_writer(self.fd)
 
 
 def _wait_ready(tier: str, conn, proc) -> dict:

@@ -10,7 +10,6 @@ deadline a request gets a 503 (a stream: a final error event and [DONE]).
 from __future__ import annotations
 
 import asyncio
-import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -258,25 +257,25 @@ async def merge(streams: list, firsts: list, poll: Callable) -> AsyncIterator[tu
     async def pump(i: int, stream) -> None:
         try:
             async for ev in stream:
-                await queue.put((i, ev))
+                queue.put_nowait((i, ev))
         except Exception as e:  # noqa: BLE001 - handed to the reader, which raises it
-            await queue.put((i, e))
+            queue.put_nowait((i, e))
+
+    async def tick() -> None:  # a timer beside the events, not a timeout on each wait (one per token)
+        while True:
+            await asyncio.sleep(POLL_S)
+            queue.put_nowait((None, None))
 
     for i, ev in enumerate(firsts):
         queue.put_nowait((i, ev))
     tasks = [asyncio.create_task(pump(i, s)) for i, (s, ev) in enumerate(zip(streams, firsts)) if not ev.finished]
+    tasks.append(asyncio.create_task(tick()))
     left = len(streams)
-    checked = time.monotonic()
     try:
         while left:
-            try:
-                i, ev = await asyncio.wait_for(queue.get(), timeout=POLL_S)
-            except asyncio.TimeoutError:
-                i = ev = None
-            if time.monotonic() - checked >= POLL_S:  # checked whether or not tokens keep coming
-                checked = time.monotonic()
+            i, ev = await queue.get()
+            if ev is None:  # checked whether or not tokens keep coming
                 await poll()
-            if ev is None:
                 continue
             if isinstance(ev, Exception):
                 raise ev
