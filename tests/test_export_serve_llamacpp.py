@@ -24,13 +24,13 @@ def gguf(tmp_path_factory, tiny_model):
     art = quantize(str(tiny_model), make_config(method="rtn", bits=4, group_size=32), out / "rtn", device="cpu",
                    measure_quality=False).output
     export_gguf(art, out / "tier.gguf")
-    return out / "tier.gguf", load_tokenizer(art)
+    return out / "tier.gguf", load_tokenizer(art), art
 
 
 def _runner(gguf, max_batch=4):
     from compress.serve.llamacpp_runner import LlamaCppModel, LlamaCppRunner
 
-    path, tok = gguf
+    path, tok, _ = gguf
     return LlamaCppRunner(LlamaCppModel(path, max_batch=max_batch, max_context=256, threads=2), tok)
 
 
@@ -56,7 +56,7 @@ def test_engine_greedy_matches_llama_cpp_alone(gguf):
     (flash attention on, as the runner's context has it on a CPU); slots never leak into each other."""
     import llama_cpp
 
-    path, tok = gguf
+    path, tok, _ = gguf
     runner = _runner(gguf)
     greedy = SamplingParams(max_tokens=12, ignore_eos=True)
     seqs = _serve(runner, [(_ids(tok, p), greedy) for p in PROMPTS])
@@ -78,7 +78,7 @@ def test_engine_greedy_matches_llama_cpp_alone(gguf):
 
 def test_sampling_parameters_are_ours(gguf):
     """Seeded sampling repeats, stop ids end a sequence, prompt logprobs cover the prompt."""
-    _, tok = gguf
+    _, tok, _ = gguf
     runner = _runner(gguf)
     ids = _ids(tok, PROMPTS[0])
     sampled = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, seed=7, ignore_eos=True)
@@ -98,3 +98,34 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(CompressError, match="is not a GGUF file"):
         LlamaCppModel(tmp_path / "nope.gguf")
+
+
+def test_async_front_end_serves_the_gguf(gguf):
+    """The GGUF behind `AsyncEngine`: concurrent requests stream their tokens and the tier's metrics count them."""
+    import asyncio
+
+    from compress.serve.llamacpp_runner import load_llamacpp_engine
+    from compress.serve.metrics import ServeMetrics
+
+    path, tok, art = gguf
+    metrics = ServeMetrics()
+    engine = load_llamacpp_engine("q4_0", path, art, max_batch=4, max_wait_s=0.005, max_queue=8,
+                                  metrics=metrics, max_len=256, threads=2)
+    engine.start()
+
+    async def one(i):
+        tokens = []
+        async for ev in engine.generate(f"a{i}", _ids(tok, PROMPTS[i]), SamplingParams(max_tokens=6, ignore_eos=True)):
+            tokens += ev.token_ids
+        return tokens
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(3)))
+
+    try:
+        outs = asyncio.run(main())
+    finally:
+        engine.stop(timeout=30)
+    assert [len(o) for o in outs] == [6, 6, 6]
+    counted = metrics.registry.get_sample_value("compress_generation_tokens_total", {"tier": "q4_0", "class": "interactive"})
+    assert counted == 18

@@ -190,3 +190,21 @@ class LlamaCppRunner:
         for s, t in zip(seqs, tokens):
             self.next_id[s.slot] = t
         return tokens
+
+
+def load_llamacpp_engine(tier: str, gguf: str | Path, tokenizer_path: str | Path, *, max_batch: int,
+                         max_wait_s: float, max_queue: int, metrics=None, max_len: int = 2048,
+                         threads: int | None = None, prefill_budget: int = 512):
+    """A tier's GGUF behind our async front end (`AsyncEngine`: queue bound, admission, metrics), warmed up and
+    not started; `tokenizer_path`: the artifact (or source) whose tokenizer and eos ids the tier uses."""
+    import os
+
+    from compress.models import load_tokenizer
+    from compress.serve.engine import AsyncEngine
+
+    tokenizer = load_tokenizer(str(tokenizer_path))
+    model = LlamaCppModel(gguf, max_batch=max_batch, max_context=max_len, threads=threads or os.cpu_count() or 1)
+    runner = LlamaCppRunner(model, tokenizer)
+    runner.warmup()
+    return AsyncEngine(tier, runner, tokenizer, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue,
+                       metrics=metrics, prefill_budget=prefill_budget)
