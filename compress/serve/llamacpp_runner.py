@@ -131,16 +131,10 @@ class LlamaCppRunner:
 
     def prefill(self, seqs: list[Sequence]) -> list[int | None]:
         """Each sequence's next prompt chunk, all in one llama_decode; first tokens for completed prompts."""
-        for s in seqs:
-            if s.slot is None:
-                if not self.free:
-                    raise RuntimeError("no free llama.cpp sequence (more running sequences than max_batch)")
-                s.slot = self.free.pop()
-                self.sampler.admit(s.slot, s)
-                if s.params.prompt_logprobs is not None:
-                    s.prompt_logprobs_out = [None]
-            if s.prefill_to <= s.num_computed:
-                s.prefill_to = len(s.prompt_ids)
+        for s in [s for s in seqs if s.slot is None]:
+            self._admit(s)
+        for s in seqs:  # no chunk set by the scheduler: the whole rest of the prompt
+            s.prefill_to = s.prefill_to if s.prefill_to > s.num_computed else len(s.prompt_ids)
         logits = self.model.decode([(s.slot, s.prompt_ids[s.num_computed:s.prefill_to], s.num_computed,
                                      s.params.prompt_logprobs is not None) for s in seqs])
         out: list[int | None] = [None] * len(seqs)
@@ -183,6 +177,13 @@ class LlamaCppRunner:
         self.prefill([seq])
         self.decode([seq])
         self.remove([seq])
+
+    def _admit(self, s: Sequence) -> None:
+        if not self.free:
+            raise RuntimeError("no free llama.cpp sequence (more running sequences than max_batch)")
+        s.slot = self.free.pop()
+        self.sampler.admit(s.slot, s)
+        s.prompt_logprobs_out = [None] if s.params.prompt_logprobs is not None else s.prompt_logprobs_out
 
     def _sample(self, rows: list[np.ndarray], seqs: list[Sequence]) -> list[int]:
         slots = torch.tensor([s.slot for s in seqs])
