@@ -4,7 +4,7 @@
 Every cell: a 64-token prompt, exactly 64 new tokens, greedy; decode tok/s = batch × 63 / (last − first token).
 Rows are interleaved (one round visits every cell once) and each cell's figure is the median over rounds, so
 load from the other users of this shared machine spreads over all rows alike; the load average is recorded.
-llama-cpp-python's `Llama` runs one sequence, so llama.cpp cells are batch 1 only.
+llama.cpp cells run through `compress.serve.llamacpp_runner.LlamaCppModel` (batched llama_decode).
 
     python benchmarks/cpu_decode.py --source DIR --int8 DIR --int4 NAME=DIR ... --gguf NAME=FILE ... \
         --threads 1,2 --batches 1,4 --rounds 3 --out benchmarks/results/cpu_decode.json
@@ -21,6 +21,7 @@ import subprocess
 import time
 from datetime import datetime, timezone
 
+import numpy as np
 import torch
 
 PROMPT, NEW = 64, 64
@@ -58,28 +59,39 @@ class TorchRow:
 
 
 class LlamaCppRow:
-    def __init__(self, name: str, path: str, tokenizer) -> None:
-        import llama_cpp
+    """A GGUF run by llama.cpp: the batch's prompts in one llama_decode, then one llama_decode per step for all
+    rows (sequence ids 0..b-1 in one unified KV cache), greedy on the returned logits."""
 
-        self.name, self.tok, self.path = name, tokenizer, path
-        self.llm = llama_cpp.Llama(model_path=path, n_ctx=256, verbose=False, n_threads=1, n_threads_batch=1)
+    def __init__(self, name: str, path: str, tokenizer, max_batch: int) -> None:
+        from compress.serve.llamacpp_runner import LlamaCppModel
+
+        self.name, self.tok = name, tokenizer
+        self.model = LlamaCppModel(path, max_batch=max_batch, max_context=PROMPT + NEW + 4, threads=1)
+
+    def _generate(self, ids: list[list[int]], new: int) -> tuple[float, float, list[list[int]]]:
+        for sid in range(len(ids)):
+            self.model.forget(sid)
+        logits = self.model.decode([(sid, p, 0, False) for sid, p in enumerate(ids)])
+        out = [[int(np.argmax(x[-1]))] for x in logits]
+        first = time.perf_counter()
+        for step in range(new - 1):
+            logits = self.model.decode([(sid, [o[-1]], len(p) + step, False) for sid, (p, o) in enumerate(zip(ids, out))])
+            for o, x in zip(out, logits):
+                o.append(int(np.argmax(x[-1])))
+        return first, time.perf_counter(), out
 
     def run(self, batch: int, threads: int) -> float:
-        import numpy as np
-
-        assert batch == 1
-        self.llm.set_n_threads(threads, threads) if hasattr(self.llm, "set_n_threads") else None
-        self.llm.n_threads = self.llm.n_threads_batch = threads
-        self.llm.reset()
-        self.llm.eval(prompt_ids(self.tok, 1)[0].tolist())
-        first = time.perf_counter()
-        for _ in range(NEW - 1):
-            nxt = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-            self.llm.eval([nxt])
-        return (NEW - 1) / (time.perf_counter() - first)
+        self.model.set_threads(threads)
+        ids = prompt_ids(self.tok, batch).tolist()
+        if not getattr(self, "warm", False):
+            self._generate(ids, 4)
+            self.warm = True
+        first, end, out = self._generate(ids, NEW)
+        assert len(out) == batch and all(len(o) == NEW for o in out)
+        return batch * (NEW - 1) / (end - first)
 
 
-def load_rows(args) -> list:
+def load_rows(args, batches: list[int]) -> list:
     from compress.models import load_causal_lm, load_tokenizer
     from compress.quantize.cpu_kernels import load_cpu_fast
 
@@ -93,7 +105,7 @@ def load_rows(args) -> list:
         rows.append(TorchRow(f"{name} (int4 packed kernel, bf16)", load_cpu_fast(path), tok))
     for spec in args.gguf:
         name, _, path = spec.partition("=")
-        rows.append(LlamaCppRow(name, path, tok))
+        rows.append(LlamaCppRow(name, path, tok, max(batches)))
     return rows
 
 
@@ -110,7 +122,7 @@ def main() -> None:
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    rows = load_rows(args)
+    rows = load_rows(args, batches)
     samples: dict[tuple, list[float]] = {}
     loads = [os.getloadavg()[0]]
     for r in range(args.rounds):
@@ -119,8 +131,6 @@ def main() -> None:
             for row in rows:
                 for b in batches:
                     if isinstance(row, LlamaCppRow):
-                        if b != 1:
-                            continue
                         tok_s = row.run(b, t)
                     else:
                         tok_s = row.run(b)

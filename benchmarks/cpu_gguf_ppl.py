@@ -4,10 +4,11 @@ Compares our Q4_0 export of a GPTQ g32 artifact with llama.cpp's own Q4_0 (round
 `llama_cpp.llama_model_quantize` from an F16 export of the same source). The text is tokenized once by the
 first model's llama.cpp tokenizer and cut into non-overlapping windows of --ctx tokens; every token after
 the first of a window is scored (llama.cpp's `perplexity` tool scores only each window's second half; this
-script scores all, so compare figures from this script with each other only).
+script scores all, so compare figures from this script with each other only). Every file's tensor types are
+recorded (llama.cpp's Q4_0 stores SmolLM2's tied 576-wide embedding as Q8_0, our export keeps it F16).
 
     python benchmarks/cpu_gguf_ppl.py --text /work/shared/data/wikitext-2/wiki.test.tokens \
-        --gguf ours-gptq-q4_0=FILE --gguf llamacpp-q4_0=FILE --ctx 512 --max-tokens 32768 \
+        --gguf source-f16=SRC.gguf --gguf ours-gptq-q4_0=FILE --quantize-from-f16 SRC.gguf --ctx 512 \
         --out benchmarks/results/cpu_gguf_ppl.json
 """
 
@@ -31,6 +32,14 @@ def quantize_q4_0(f16_path: str, out_path: str) -> None:
     rc = llama_cpp.llama_model_quantize(f16_path.encode(), out_path.encode(), params)
     if rc != 0:
         raise SystemExit(f"llama_model_quantize failed ({rc})")
+
+
+def tensor_types(path: str) -> dict[str, int]:
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    return dict(Counter(t.tensor_type.name for t in GGUFReader(path).tensors))
 
 
 def nll_windows(path: str, ids: list[int], ctx: int, threads: int) -> tuple[float, int]:
@@ -57,7 +66,7 @@ def main() -> None:
     ap.add_argument("--gguf", action="append", required=True, help="NAME=FILE")
     ap.add_argument("--quantize-from-f16", help="F16 GGUF to make llama.cpp's own Q4_0 from (added as llamacpp-q4_0)")
     ap.add_argument("--ctx", type=int, default=512)
-    ap.add_argument("--max-tokens", type=int, default=32768)
+    ap.add_argument("--max-tokens", type=int, default=0, help="0 = the whole text")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -67,23 +76,28 @@ def main() -> None:
     if args.quantize_from_f16:
         target = os.path.splitext(args.quantize_from_f16)[0] + "-llamacpp-q4_0.gguf"
         quantize_q4_0(args.quantize_from_f16, target)
-        models["llamacpp-q4_0"] = target
+        first, *rest = models.items()  # scored second, right after the first (our) file
+        models = dict([first, ("llamacpp-q4_0", target), *rest])
     text = open(args.text, encoding="utf-8").read()
     first = llama_cpp.Llama(model_path=next(iter(models.values())), n_ctx=64, verbose=False, vocab_only=True)
-    ids = first.tokenize(text.encode(), add_bos=False, special=False)[: args.max_tokens]
-    rows = []
-    for name, path in models.items():
+    ids = first.tokenize(text.encode(), add_bos=False, special=False)
+    ids = ids[: args.max_tokens] if args.max_tokens else ids
+    from cpu_decode import lscpu_flags, write_json  # benchmarks/ is on sys.path when this script runs
+
+    result = {"kind": "cpu_gguf_ppl", "schema_version": 1, "text": args.text, "ctx": args.ctx,
+              "tokens": len(ids), "threads": args.threads, "load_average": [list(os.getloadavg())],
+              "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": lscpu_flags(),
+              "llama_cpp_python": llama_cpp.__version__, "complete": False, "rows": []}
+    for name, path in models.items():  # the JSON is rewritten after every row, so a long run keeps its rows
         t0 = time.perf_counter()
         nll, n = nll_windows(path, ids, args.ctx, args.threads)
-        rows.append({"name": name, "file": path, "size_bytes": os.path.getsize(path), "tokens_scored": n,
-                     "perplexity": round(math.exp(nll / n), 4), "time_s": round(time.perf_counter() - t0, 1)})
-        print(rows[-1], flush=True)
-    result = {"kind": "cpu_gguf_ppl", "schema_version": 1, "text": args.text, "ctx": args.ctx,
-              "tokens": len(ids), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "llama_cpp_python": llama_cpp.__version__, "rows": rows}
-    from cpu_decode import write_json  # benchmarks/ is on sys.path when this script runs
-
-    write_json(args.out, result)
+        result["rows"].append({"name": name, "file": path, "size_bytes": os.path.getsize(path),
+                               "tensor_types": tensor_types(path), "tokens_scored": n,
+                               "perplexity": round(math.exp(nll / n), 4), "time_s": round(time.perf_counter() - t0, 1)})
+        result["load_average"].append(list(os.getloadavg()))
+        result["complete"] = len(result["rows"]) == len(models)
+        print(result["rows"][-1], flush=True)
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":
