@@ -18,8 +18,10 @@ So it loads, serves, exports to GGUF and passes the reload check the way a gptq 
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -73,12 +75,27 @@ def quantize_autoround(src: str, cfg: QuantizeConfig, calib_ids: torch.Tensor, o
     except Exception as e:  # noqa: BLE001 - an architecture or option auto-round refuses
         raise CompressError(f"auto-round cannot quantize {src}: {error_line(e)}") from e
     staging = out / ".autoround"
-    rounder.quantize_and_save(str(staging), format="auto_gptq")
+    with _frozen_heap():
+        rounder.quantize_and_save(str(staging), format="auto_gptq")
     _move_up(staging, out)
     backend = finish_checkpoint(out, cfg, source_dtype)
     return {"auto_round": args | {"lr_resolved": alg.lr, "batch_size": BATCH_SIZE, "format": "auto_gptq",
                                   "nsamples": len(calib_ids), "seqlen": int(calib_ids.shape[1])},
             "load_backend": backend}
+
+
+@contextmanager
+def _frozen_heap():
+    """auto-round runs gc.collect() after every block and cache step; with torch, transformers and gptqmodel
+    imported, each full collection walks millions of live objects (~1-2 s on a busy 2-core CPU, most of a
+    tiny model's run). gc.freeze() moves the objects alive now (modules, the model) out of the collector's
+    view; garbage made during the run is still collected."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _move_up(staging: Path, out: Path) -> None:
