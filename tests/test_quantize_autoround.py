@@ -46,6 +46,16 @@ def test_compress_json_records_what_applied(artifacts):
     assert meta.metrics["bits_per_weight"] == measured == pytest.approx(packed_bits(128, 128, 4, 32), abs=1e-3)
 
 
+@pytest.mark.parametrize("opts", [dict(bits=3, group_size=32), dict(bits=4, group_size=-1)])
+def test_other_advertised_widths_and_groups_reload(tiny_model, tmp_path, opts):
+    """3 bits span 32-bit words; -1 is one scale per output channel (asym per channel is refused: see config)."""
+    art = quantize(str(tiny_model), make_config(method="autoround", calib_samples=4, calib_seqlen=64, iters=1, **opts),
+                   tmp_path / "art", device="cpu", measure_quality=False)
+    metrics = read_meta(art.output).metrics
+    assert metrics["roundtrip_max_rel_logit_error"] < ROUNDTRIP_TOLERANCE
+    assert metrics["bits_per_weight"] == pytest.approx(packed_bits(128, 128, opts["bits"], opts["group_size"]), abs=0.05)
+
+
 def test_lr_is_recorded_and_passed_only_when_given():
     cfg = make_config(method="autoround", lr=0.003)
     assert cfg.applied()["lr"] == 0.003 and cfg.applied()["iters"] == 200

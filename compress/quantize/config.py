@@ -102,6 +102,9 @@ class QuantizeConfig(BaseModel):
             raise ValueError(f"method {m} supports --bits {sorted(PACKED_BITS)}; got {self.bits}")
         if m == "autoround" and self.bits == 8 and not self.sym:
             raise ValueError("method autoround refuses 8-bit --asym: auto-round's GPTQ export is symmetric at 8 bits")
+        if m == "autoround" and self.group_size == -1 and self.sym is False:
+            raise ValueError("method autoround refuses --group-size -1 with --asym: that export fails the reload check "
+                             "(logits 125% off on the tiny model); use a group size or --sym")
 
     @property
     def packed(self) -> bool:
