@@ -2,7 +2,9 @@
 
 Rows (pick with --rows): bf16 (the source as stored), rtn, gptq-gptqmodel (gptqmodel's own defaults: what
 `compress quantize` sets explicitly is only bits/group/sym/desc_act, and gptqmodel's damp default 0.05 replaces
-ours), gptq-ours (`compress quantize --method gptq` defaults), budget (`--bits-budget`), autoround (auto-round),
+ours), gptq-ours (`compress quantize --method gptq` defaults), budget (`--bits-budget`), autoround (auto-round called
+directly, its own tokenization of the calibration texts), autoround-ours (`compress quantize --method autoround`: the
+same library on our calibration blocks, --autoround-iters steps),
 nf4 (bitsandbytes, block 64), hqq (the hqq library), torchao-int4 (Int4WeightOnlyConfig). Each at every
 --groups size (nf4: bitsandbytes' block 64 only); calibrated rows once per --seeds seed, the others once.
 A row whose library is missing or refuses this model/device is recorded with the reason, not dropped.
@@ -41,8 +43,8 @@ from compress.models import checkpoint_dir, load_causal_lm, load_tokenizer, reso
 from compress.quantize import make_config, quantize
 from compress.quantize.budget import decoder_linears
 
-CALIBRATED = {"gptq-gptqmodel", "gptq-ours", "budget", "autoround"}
-ALL_ROWS = "bf16,rtn,gptq-gptqmodel,gptq-ours,budget,autoround,nf4,hqq,torchao-int4"
+CALIBRATED = {"gptq-gptqmodel", "gptq-ours", "budget", "autoround", "autoround-ours"}
+ALL_ROWS = "bf16,rtn,gptq-gptqmodel,gptq-ours,budget,autoround,autoround-ours,nf4,hqq,torchao-int4"
 
 
 def main() -> None:
@@ -133,6 +135,7 @@ def build(row, group, seed, src, model_spec, tok, args, device, work):
         "gptq-ours": dict(method="gptq", group_size=group, **calib),
         "gptq-gptqmodel": dict(method="gptq", group_size=group, damp=0.05, **calib),
         "budget": dict(method="gptq", group_size=group, bits_budget=args.budget, **calib),
+        "autoround-ours": dict(method="autoround", group_size=group, iters=args.autoround_iters, **calib),
     }
     if row == "bf16":
         return load_causal_lm(src, device=device), Path(src)

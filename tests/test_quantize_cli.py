@@ -60,6 +60,20 @@ def _bad_cases(tmp_path, tiny_model, no_layers_model):
                                    "calibration data too small"),
         "missing calibration file": ([m, "--method", "gptq", "--calib", str(tmp_path / "nope.jsonl")], "not found"),
         "no linear layers": ([str(no_layers_model), "--method", "rtn"], "no Linear layers"),
+        "autoround with damp": ([m, "--method", "autoround", "--damp", "0.05"], "--damp does not apply to --method autoround"),
+        "autoround with act-order": ([m, "--method", "autoround", "--act-order"], "--act-order does not apply to --method autoround"),
+        "autoround with budget": ([m, "--method", "autoround", "--bits-budget", "4.5"], "--bits-budget does not apply to --method autoround"),
+        "autoround with 5 bits": ([m, "--method", "autoround", "--bits", "5"], "supports --bits"),
+        "autoround 8-bit asym": ([m, "--method", "autoround", "--bits", "8", "--asym"], "refuses 8-bit --asym"),
+        "autoround per-channel asym": ([m, "--method", "autoround", "--group-size", "-1", "--asym"],
+                                       "refuses --group-size -1 with --asym"),
+        "autoround with 0 iters": ([m, "--method", "autoround", "--iters", "0"], "iters: Input should be greater than or equal to 1"),
+        "autoround with negative lr": ([m, "--method", "autoround", "--lr", "-0.1"], "lr: Input should be greater than 0"),
+        "autoround too little calibration": ([m, "--method", "autoround", "--calib", str(tmp_path / "small.txt")],
+                                             "calibration data too small"),
+        "gptq with iters": ([m, "--method", "gptq", "--iters", "10"], "--iters does not apply to --method gptq"),
+        "rtn with lr": ([m, "--method", "rtn", "--lr", "0.01"], "--lr does not apply to --method rtn"),
+        "int8-wo with iters": ([m, "--method", "int8-wo", "--iters", "10"], "--iters does not apply to --method int8-wo"),
     }
 
 

@@ -66,8 +66,13 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
     plan = _budget_plan(src, cfg, calib_ids, device, 32 if source_dtype == "float32" else 16)
     with atomic_dir(output, overwrite) as tmp:
         probe = verify.probe_ids(tokenizer)
-        packed = cfg.method in (Method.gptq.value, Method.rtn.value)
-        if packed:
+        packed = cfg.packed
+        if cfg.method == Method.autoround.value:
+            from compress.quantize.autoround import quantize_autoround
+
+            extra = quantize_autoround(src, cfg, calib_ids, tmp, device, source_dtype)
+            references = verify.gptq_references(tmp, probe)
+        elif packed:
             from compress.quantize.gptq import quantize_gptq
 
             extra = quantize_gptq(src, cfg, calib_ids, tmp, device, source_dtype, plan.widths if plan else None)
@@ -121,8 +126,8 @@ def quality_check(model, texts: list[str], tokenizer) -> float:
 
 
 def _fit_groups(cfg: QuantizeConfig, widths: set[int]):
-    """GPTQ/RTN: the group size that divides every layer width (compress.quantize.groups), said on stderr."""
-    if cfg.method not in (Method.gptq.value, Method.rtn.value):
+    """GPTQ/RTN/AutoRound: the group size that divides every layer width (compress.quantize.groups), on stderr."""
+    if not cfg.packed:
         return cfg, None
     from compress.quantize.groups import fit_group_size
 

@@ -20,27 +20,34 @@ class Method(str, Enum):
     rtn = "rtn"  # round-to-nearest, same packing: the baseline GPTQ must beat
     int8 = "int8"  # bitsandbytes LLM.int8(): int8 weights, fp16 outlier columns
     int8_wo = "int8-wo"  # torchao int8 weight-only, per output channel
+    autoround = "autoround"  # auto-round's SignRound: rounding and clipping tuned per block, same packing as gptq
 
 
 PACKED_BITS = {2, 3, 4, 8}  # what gptqmodel's GPTQ format packs (3 bits span 32-bit words; verify unpacks all)
 
 # Each option, the methods it applies to, and its default there. An option given for a method
 # outside its set is refused; one not given gets the default only where it applies.
+PACKED = {"gptq", "rtn", "autoround"}  # methods whose artifact is a GPTQ v1 checkpoint
+CALIBRATED = {"gptq", "autoround"}
 APPLIES: dict[str, tuple[set[str], object]] = {
-    "group_size": ({"gptq", "rtn"}, 128),
-    "sym": ({"gptq", "rtn"}, True),
+    "group_size": (PACKED, 128),
+    "sym": (PACKED, True),
     "act_order": ({"gptq"}, False),
     "damp": ({"gptq"}, 0.01),
-    "calib": ({"gptq"}, "builtin"),  # a data spec (compress.data); builtin = the offline Python docs text
-    "calib_samples": ({"gptq"}, 128),
-    "calib_seqlen": ({"gptq"}, 512),
-    "seed": ({"gptq"}, 0),
+    "calib": (CALIBRATED, "builtin"),  # a data spec (compress.data); builtin = the offline Python docs text
+    "calib_samples": (CALIBRATED, 128),
+    "calib_seqlen": (CALIBRATED, 512),
+    "seed": (CALIBRATED, 0),
     "bits_budget": ({"gptq"}, None),
+    "iters": ({"autoround"}, 200),  # auto-round's default tuning steps per decoder block
+    "lr": ({"autoround"}, None),  # None: auto-round's own schedule (1/iters); recorded only when given
 }
 _FLAGS = {"group_size": "--group-size", "sym": "--sym/--asym", "act_order": "--act-order", "damp": "--damp",
           "calib": "--calib", "calib_samples": "--calib-samples", "calib_seqlen": "--calib-seqlen",
-          "seed": "--seed", "bits_budget": "--bits-budget"}
+          "seed": "--seed", "bits_budget": "--bits-budget", "iters": "--iters", "lr": "--lr"}
 _WHY = {"rtn": "rtn rounds each weight alone, with no calibration data",
+        "gptq": "gptq solves each layer with its Hessian, with no tuning steps",
+        "autoround": "autoround tunes rounding by signed gradient descent, with no Hessian or per-layer widths",
         "int8": "int8 (LLM.int8) has a fixed per-row int8 scheme",
         "int8-wo": "int8-wo has a fixed per-channel int8 scheme"}
 BUDGET_RANGE = (4.0, 16.0)  # smallest width we choose (4) .. the source precision (16)
@@ -60,6 +67,8 @@ class QuantizeConfig(BaseModel):
     calib_seqlen: int | None = Field(None, ge=16)
     seed: int | None = None
     bits_budget: float | None = None  # average bits per quantized-linear weight, scales and zeros included
+    iters: int | None = Field(None, ge=1)  # autoround: tuning steps per block (0 would be auto-round's RTN)
+    lr: float | None = Field(None, gt=0)  # autoround: learning rate of the rounding offsets and clipping
 
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
@@ -89,12 +98,22 @@ class QuantizeConfig(BaseModel):
             self.bits = 8 if m in ("int8", "int8-wo") else 4
         if m in ("int8", "int8-wo") and self.bits != 8:
             raise ValueError(f"method {m} is 8-bit only; got --bits {self.bits}")
-        if m in ("gptq", "rtn") and self.bits not in PACKED_BITS:
+        if m in PACKED and self.bits not in PACKED_BITS:
             raise ValueError(f"method {m} supports --bits {sorted(PACKED_BITS)}; got {self.bits}")
+        if m == "autoround" and self.bits == 8 and not self.sym:
+            raise ValueError("method autoround refuses 8-bit --asym: auto-round's GPTQ export is symmetric at 8 bits")
+        if m == "autoround" and self.group_size == -1 and self.sym is False:
+            raise ValueError("method autoround refuses --group-size -1 with --asym: that export fails the reload check "
+                             "(logits 125% off on the tiny model); use a group size or --sym")
+
+    @property
+    def packed(self) -> bool:
+        """The artifact is a GPTQ v1 checkpoint (packed codes, scales, zeros)."""
+        return self.method in PACKED
 
     @property
     def uses_calibration(self) -> bool:
-        return self.method == Method.gptq.value
+        return self.method in CALIBRATED
 
     @property
     def base_bits(self) -> int:

@@ -82,7 +82,7 @@ def quantize_gptq(src: str, cfg: QuantizeConfig, calib_ids: torch.Tensor | None,
     except CompressError:
         raise
     except Exception as e:  # noqa: BLE001 - unsupported architecture, bad checkpoint
-        raise CompressError(f"gptqmodel cannot load {src} for quantization: {_line(e)}") from e
+        raise CompressError(f"gptqmodel cannot load {src} for quantization: {error_line(e)}") from e
     calibration = None
     if calib_ids is not None:
         calibration = [{"input_ids": row.tolist(), "attention_mask": [1] * row.numel()} for row in calib_ids]
@@ -90,10 +90,14 @@ def quantize_gptq(src: str, cfg: QuantizeConfig, calib_ids: torch.Tensor | None,
     model.save(str(out))
     for junk in ("quant_log.csv",):
         (out / junk).unlink(missing_ok=True)
-    in_widths = _cast_unquantized(out, source_dtype)
     quantized = sorted(n for n, w in (widths or {}).items() if w == cfg.base_bits) if keep else None
-    backend = _fix_config(out, cfg, in_widths, quantized)
+    backend = finish_checkpoint(out, cfg, source_dtype, quantized)
     return {"gptqmodel": qkw, "load_backend": backend}
+
+
+def finish_checkpoint(out: Path, cfg: QuantizeConfig, source_dtype: str, quantized: list[str] | None = None) -> str:
+    """The fix-ups every GPTQ v1 artifact gets (gptq, rtn, autoround); returns the load backend named."""
+    return _fix_config(out, cfg, _cast_unquantized(out, source_dtype), quantized)
 
 
 def _cast_unquantized(out: Path, dtype_name: str) -> set[int]:
@@ -142,6 +146,6 @@ def _fix_config(out: Path, cfg: QuantizeConfig, in_widths: set[int], quantized: 
     return backend
 
 
-def _line(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0][:300]
