@@ -82,7 +82,7 @@ class RemoteTier(_TierBase):
 
 
 Tier = Annotated[Union[LocalTier, RemoteTier], Field(discriminator="kind")]
-TrafficClass = Literal["interactive", "batch"]  # compress.serve.batcher.CLASSES
+TrafficClass = Literal["interactive", "batch"]  # compress.serve.sequence.CLASSES
 
 
 class SLO(_Strict):

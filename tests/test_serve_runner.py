@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from compress.models import load_causal_lm, load_tokenizer
-from compress.serve.batcher import Batcher, EngineCore, SamplingParams, Sequence
+from compress.serve.engine_core import EngineCore
+from compress.serve.scheduler import Batcher
+from compress.serve.sequence import SamplingParams, Sequence
 from compress.serve.model_runner import ModelRunner, buckets
 
 PROMPTS = ["The quick brown fox", "In the beginning of the module there was", "def foo(x):\n    return", "Hi",

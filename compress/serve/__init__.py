@@ -7,8 +7,9 @@ Request path (one home per step):
   (model id -> tiers; `auto` by difficulty, or by learned.py's per-tier predicted success when the manifest names a router.json) -> engine.py
   (per-tier async front end: one queue per request, fed by one background engine loop thread; or, the
   default on a GPU, engine_proc.py: the same engine loop in a child process, fed and read over pipes) ->
-  batcher.py (continuous-batching scheduler: waiting queue, admission, chunked prefill, step bookkeeping;
-  no model; sequence.py holds a request's state, detokenize.py the incremental detokenizer) ->
+  engine_core.py (one continuous-batching step: chunked prefill, joint decode, step bookkeeping; no model),
+  with scheduler.py's Batcher (waiting queue, priorities, admission, queue bound); sequence.py holds a
+  request's state, detokenize.py the incremental detokenizer; batcher.py re-exports the old names ->
   model_runner.py (the HF model over slots.py's KV cache in slots, attention.py's slot attention
   registered with transformers, the decode step replayed as CUDA graphs, sampling.py on the device).
 Remote tiers go through remote.py instead of an engine. cache.py is the per-user response cache,

@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
-from compress.serve.batcher import Batcher, EngineCore, Event, QueueFull, SamplingParams, Sequence
+from compress.serve.engine_core import EngineCore
+from compress.serve.scheduler import Batcher, QueueFull
+from compress.serve.sequence import Event, SamplingParams, Sequence
 from compress.serve.metrics import ServeMetrics
 from compress.serve.protocol import APIError
 

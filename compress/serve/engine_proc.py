@@ -55,7 +55,9 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from compress.errors import CompressError
-from compress.serve.batcher import Batcher, EngineCore, Event, QueueFull, SamplingParams, Sequence
+from compress.serve.engine_core import EngineCore
+from compress.serve.scheduler import Batcher, QueueFull
+from compress.serve.sequence import Event, SamplingParams, Sequence
 from compress.serve.engine import StepStats, queue_full_error, record_step, stopping_error
 from compress.serve.metrics import ServeMetrics
 from compress.serve.protocol import APIError

@@ -3,7 +3,7 @@ our own engine. Two pieces:
 
 - `LlamaCppModel`: one GGUF, one llama.cpp context holding up to `max_batch` sequences (unified KV cache), and
   `decode`: one `llama_decode` call over several sequences' new tokens, returning the logits asked for.
-- `LlamaCppRunner`: the engine's `Runner` protocol (`compress.serve.batcher`) over it. Scheduling, metrics,
+- `LlamaCppRunner`: the engine's `Runner` protocol (`compress.serve.engine_core`) over it. Scheduling, metrics,
   the cache and the SLO stay the engine's; llama.cpp only computes logits, and sampling is our `Sampler` (on the
   CPU), so every sampling parameter the torch runner honours is honoured here too. A sequence's KV slot is its
   llama.cpp sequence id.

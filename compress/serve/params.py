@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from compress.serve.batcher import SamplingParams
+from compress.serve.sequence import SamplingParams
 from compress.serve.protocol import MAX_CHOICES, SEED_LIMIT, APIError
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from compress.serve import cache as cache_mod
 from compress.serve import sse
-from compress.serve.batcher import CLASSES
+from compress.serve.sequence import CLASSES
 from compress.serve.budget import BudgetTracker, RateLimiter
 from compress.serve.cache import ResponseCache
 from compress.serve.metrics import ServeMetrics
