@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,32 +57,65 @@ def calibration(calib_ids: torch.Tensor) -> list[dict]:
 
 def quantize_autoround(src: str, cfg: QuantizeConfig, calib_ids: torch.Tensor, out: Path, device: str,
                        source_dtype: str) -> dict:
-    """Quantize checkpoint `src` into `out` (a GPTQ v1 checkpoint); returns the resolved backend settings."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Quantize checkpoint `src` into `out` (a GPTQ v1 checkpoint); returns the resolved backend settings.
 
-    ar = _auto_round()
-    from auto_round.algorithms.quantization.sign_round.config import SignRoundConfig
-
+    auto-round runs in a spawned child process: it keeps module-level state between runs (seen here: after a
+    3-bit or per-channel run in the same process, a later 4-bit g32 run exported weights that reload to
+    17x the source's perplexity, while each run alone is fine). A child per run keeps that state out of the
+    caller's process."""
+    _auto_round()  # a missing library fails here, in one line, before any process starts
     args = signround_args(cfg)
-    try:
-        alg = SignRoundConfig(**args)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=runtime.compute_dtype(device))
-        tokenizer = AutoTokenizer.from_pretrained(src)
-        rounder = ar.AutoRound(model, tokenizer=tokenizer, alg_configs=alg, dataset=calibration(calib_ids),
-                               nsamples=len(calib_ids), seqlen=calib_ids.shape[1], batch_size=BATCH_SIZE,
-                               seed=cfg.seed, device_map=device)
-    except CompressError:
-        raise
-    except Exception as e:  # noqa: BLE001 - an architecture or option auto-round refuses
-        raise CompressError(f"auto-round cannot quantize {src}: {error_line(e)}") from e
     staging = out / ".autoround"
-    with _frozen_heap():
-        rounder.quantize_and_save(str(staging), format="auto_gptq")
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(src, args, calib_ids, str(staging), device, cfg.seed, send),
+                        name="compress-autoround")
+    child.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:  # the child died before it could say why
+        status, value = None, None
+    child.join()
+    if status is None:
+        status, value = "error", f"the auto-round process died (exit code {child.exitcode})"
+
+    if status == "refused":
+        raise CompressError(f"auto-round cannot quantize {src}: {value}")
+    if status == "error":
+        raise CompressError(f"auto-round failed on {src}: {value}")
     _move_up(staging, out)
     backend = finish_checkpoint(out, cfg, source_dtype)
-    return {"auto_round": args | {"lr_resolved": alg.lr, "batch_size": BATCH_SIZE, "format": "auto_gptq",
+    return {"auto_round": args | {"lr_resolved": value, "batch_size": BATCH_SIZE, "format": "auto_gptq",
                                   "nsamples": len(calib_ids), "seqlen": int(calib_ids.shape[1])},
             "load_backend": backend}
+
+
+def _child(src: str, args: dict, calib_ids: torch.Tensor, staging: str, device: str, seed: int, send) -> None:
+    """The child process: build and run auto-round, save into `staging`; send (status, lr used or error line)."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        ar = _auto_round()
+        from auto_round.algorithms.quantization.sign_round.config import SignRoundConfig
+
+        try:
+            alg = SignRoundConfig(**args)
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=runtime.compute_dtype(device))
+            tokenizer = AutoTokenizer.from_pretrained(src)
+            rounder = ar.AutoRound(model, tokenizer=tokenizer, alg_configs=alg, dataset=calibration(calib_ids),
+                                   nsamples=len(calib_ids), seqlen=calib_ids.shape[1], batch_size=BATCH_SIZE,
+                                   seed=seed, device_map=device)
+        except Exception as e:  # noqa: BLE001 - an architecture or option auto-round refuses
+            send.send(("refused", error_line(e)))
+            return
+        with _frozen_heap():
+            rounder.quantize_and_save(staging, format="auto_gptq")
+        send.send(("ok", alg.lr))
+    except Exception as e:  # noqa: BLE001 - reported by the parent as one line
+        send.send(("error", error_line(e)))
+    finally:
+        send.close()
 
 
 @contextmanager
