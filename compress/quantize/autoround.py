@@ -19,6 +19,7 @@ So it loads, serves, exports to GGUF and passes the reload check the way a gptq 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import multiprocessing
 import shutil
@@ -63,7 +64,8 @@ def quantize_autoround(src: str, cfg: QuantizeConfig, calib_ids: torch.Tensor, o
     3-bit or per-channel run in the same process, a later 4-bit g32 run exported weights that reload to
     17x the source's perplexity, while each run alone is fine). A child per run keeps that state out of the
     caller's process."""
-    _auto_round()  # a missing library fails here, in one line, before any process starts
+    if importlib.util.find_spec("auto_round") is None:  # fail in one line before a process starts (the child
+        raise CompressError(f"--method autoround needs the auto-round library: {INSTALL}")  # imports it)
     args = signround_args(cfg)
     staging = out / ".autoround"
     ctx = multiprocessing.get_context("spawn")

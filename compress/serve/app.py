@@ -74,8 +74,8 @@ class ServeSettings:
 
 
 def create_app(manifest: Manifest, settings: ServeSettings, engines: dict[str, AsyncEngine] | None = None) -> FastAPI:
-    # `engines`: AsyncEngine or engine_proc.ProcEngine, by tier name
-    """The app; local tiers' engines are loaded at startup (before the port opens) unless given."""
+    """The app; local tiers' engines are loaded at startup (before the port opens) unless given (`engines`, by
+    tier name: engine.AsyncEngine or engine_proc.ProcEngine)."""
     metrics = ServeMetrics() if not engines else next(iter(engines.values())).metrics
     tiers = Tiers(engines=dict(engines or {}))
     gate = ShutdownGate()

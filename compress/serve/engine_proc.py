@@ -108,9 +108,14 @@ def engine_main(requests, outputs, spec: EngineSpec) -> None:
         raise
 
 
+def _pack(msg) -> bytes:
+    return pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _send(conn, msg) -> None:
+    """Best effort (startup and shutdown messages): a closed pipe means the other side is gone already."""
     try:
-        conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+        conn.send_bytes(_pack(msg))
     except OSError:
         pass
 
@@ -153,7 +158,7 @@ class _EngineLoop:
             elif kind == "stop":
                 self.stopping = True
         if refused:
-            self.outputs.send_bytes(pickle.dumps(("out", None, refused), protocol=pickle.HIGHEST_PROTOCOL))
+            self.outputs.send_bytes(_pack(("out", None, refused)))
 
     def _add(self, rid: int, prompt_ids: list[int], params: SamplingParams, priority: int,
              arrival: float) -> str | None:
@@ -172,7 +177,7 @@ class _EngineLoop:
         b, core = self.core.batcher, self.core
         stats = (b.num_waiting(), len(b.running), core.last_batch_size, core.last_prefill_tokens)
         outs = [self._output(ev) for ev in events]
-        self.outputs.send_bytes(pickle.dumps(("out", stats, outs), protocol=pickle.HIGHEST_PROTOCOL))
+        self.outputs.send_bytes(_pack(("out", stats, outs)))
 
     def _output(self, ev: Event) -> tuple:
         s = ev.seq
@@ -375,7 +380,7 @@ class PipeWriter:
         self.waiting = False  # flush() is registered to run when the pipe has room
 
     def send(self, msg) -> None:
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        data = _pack(msg)
         idle = not self.unsent
         self.unsent += struct.pack("!i", len(data)) + data
         if idle:
