@@ -55,7 +55,7 @@ CORPUS = ["python_docs", "python_stdlib", "linux_docs", "austen5", "mobydick"]
 def prepare(args) -> None:
     src = Path(args.corpus)
     parts = []
-    for name in CORPUS:
+    for name in args.names.split(","):
         with lzma.open(src / f"{name}.txt.xz", "rt", encoding="utf-8", errors="replace") as f:
             parts.append(f.read())
     text = "\n\n".join(parts)
@@ -287,6 +287,8 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     pp = sub.add_parser("prepare")
     pp.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "shared/data/corpus"))
+    pp.add_argument("--names", default=",".join(CORPUS),
+                    help="corpus files to join (issue 16's reference leaves austen5 out: its held-out prose)")
     pp.add_argument("--out", required=True)
     pr = sub.add_parser("run")
     training_flags(pr)

@@ -16,6 +16,13 @@
 #   3. carry .part/model.gguf.02                 bash benchmarks/gpu_x2.sh serve
 #      (GPU 0: s4 student, then route_mixed.py auto vs source; GPU 1, detached meanwhile: serve_load.py engine thread
 #       against engine process on the real weights, then gpu_engine.py's staggered row after the prefill warm-up)
+# Session 8 (issue 16's reference and table on GPU 0, issue 18's GPU recipe on GPU 1, one lease):
+#   1. carry .whl .part/model.gguf.00         bash benchmarks/gpu_x2.sh setup
+#   2. carry .gl .whl3 .part/model.gguf.01    bash benchmarks/gpu_x2.sh piece  (.whl3: auto-round, hqq, termcolor,
+#                                              diskcache wheels and llama-cpp-python's package from `make llamacpp`)
+#   3. carry .part/model.gguf.02              bash benchmarks/gpu_x2.sh go     (both chains start detached)
+#   4. carry .whlbnb                          bash benchmarks/gpu_x2.sh bnb    (bitsandbytes, 41 MiB, for the nf4 row)
+#   5. no carry, repeated                     bash benchmarks/gpu_x2.sh poll   (waits; $OUT gets what is finished)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}
@@ -40,7 +47,14 @@ setup)
   fi
   python3 -c "import torch, transformers, accelerate; print(torch.__version__, transformers.__version__, accelerate.__version__)"
   ls /tmp/parts ;;
-piece) ls /tmp/parts /tmp/g/data; tail -2 /tmp/marlin_build.log ;;
+piece)
+  if [ -d .whl3 ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl3/*.whl
+    tar xJf .whl3/llama_cpp_pkg.tar.xz -C /tmp/site && (cd /tmp/site/llama_cpp/lib && for f in *.so.0; do ln -sf "$f" "${f%.0}"; done)
+    PYTHONPATH=/tmp/site python3 -c "import llama_cpp, hqq, auto_round; print('llama_cpp', llama_cpp.__version__)" 2>&1 | tail -1
+    lscpu | grep -i "model name\|^flags" | cut -c1-400
+  fi
+  ls /tmp/parts /tmp/g/data; tail -2 /tmp/marlin_build.log ;;
 scale)
   assemble || exit 1
   AUSTEN=/tmp/g/data/austen5.txt.xz SEL_TOKENS="2048 512 256" timeout 560 bash benchmarks/gpu_scale2.sh ;;
@@ -68,6 +82,33 @@ serve)
   for _ in $(seq 45); do [ -f /tmp/gil.done ] && break; sleep 2; done
   grep -v -i warn /tmp/gil.log | tr '\r' '\n' | grep -v "^\s*$" | tail -30
   (cd $OUT && tar czf logs.tar.gz *.log /tmp/gil.log 2>/dev/null; rm -f *.log; ls -la) ;;
+go)
+  assemble || exit 1
+  rm -rf /tmp/gq /tmp/ref; mkdir -p /tmp/out_recipe /tmp/ref
+  CUDA_VISIBLE_DEVICES=1 setsid nohup bash -c 'for _ in $(seq 30); do pgrep -f "marli[n]_bf16" > /dev/null || break; sleep 5; done
+    for i in 1 2 3 4; do OUT=/tmp/out_recipe bash benchmarks/gpu_recipe.sh run > /tmp/recipe.log 2>&1
+      grep -q "recipe finished" /tmp/recipe.log && break; done; echo done > /tmp/recipe.done
+    OUT=/tmp/out_ref bash benchmarks/gpu_reference.sh peers' > /tmp/gpu1.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash benchmarks/gpu_reference.sh chain > /tmp/gpu0.log 2>&1 &
+  sleep ${WAIT_S:-530}; bash "$0" status ;;
+bnb)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whlbnb/*.whl \
+    && touch /tmp/site/.bnb
+  sleep ${WAIT_S:-540}; bash "$0" status ;;
+poll)
+  for _ in $(seq ${WAIT_N:-108}); do
+    [ -f /tmp/recipe.done ] && grep -q "^llama rc" /tmp/ref/status 2>/dev/null && ! pgrep -f quality_table > /dev/null && break
+    sleep 5
+  done
+  bash "$0" status ;;
+status)  # what ran so far; results tarred into $OUT (at most 8 files come back)
+  cat /tmp/ref/status 2>/dev/null; tail -3 /tmp/ref/model.log 2>/dev/null
+  for f in /tmp/ref/[A-Z].log; do echo "== $f"; grep -c '"row"' "$f"; grep -v -i warn "$f" | tr '\r' '\n' | grep -i "error\|skipped" | tail -2; done
+  grep -v "^\s*$" /tmp/recipe.log 2>/dev/null | tail -8; cat /tmp/recipe.done 2>/dev/null
+  (cd /tmp/out_ref 2>/dev/null && tar czf "$OUT/ref_results.tar.gz" . )
+  (cd /tmp/out_recipe 2>/dev/null && tar czf "$OUT/gpu_quick.tar.gz" . )
+  tar czf "$OUT/logs.tar.gz" /tmp/ref/*.log /tmp/recipe.log /tmp/gpu0.log /tmp/gpu1.log 2>/dev/null
+  ls -la "$OUT"; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
 recipe)
   for _ in $(seq ${WAIT:-110}); do [ -f /tmp/recipe.done ] && break; sleep 5; done
   grep -v "^\s*$" /tmp/recipe.log | tail -40

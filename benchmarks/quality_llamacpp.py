@@ -1,0 +1,176 @@
+"""llama.cpp rows for the int4 quality table (issue 16): the same texts, token ids and windows as quality_table.py.
+
+Rows, each a GGUF file run by llama.cpp (llama-cpp-python):
+- `llamacpp-f16`: our F16 export of the source (`compress export --format gguf`), llama.cpp's own baseline;
+- `llamacpp-q4_0`, `llamacpp-q4_k_m`: llama.cpp's quantizer (`llama_model_quantize`, round to nearest / k-quants)
+  applied to that F16, i.e. what a llama.cpp user gets;
+- `NAME-q4_0` for every `--artifact NAME=DIR`: our int4 artifact exported without re-quantizing (g32 sym → Q4_0,
+  asym → Q4_1), e.g. `compress quantize --method gptq --group-size 32`.
+
+Scoring matches quality_table.py exactly: the texts are tokenized once with the source's HF tokenizer
+(compress.data.tokenize_stream), cut by compress.evaluate.perplexity.score_stream into the same disjoint windows,
+and each window's ids are fed to llama.cpp, so a perplexity here compares with one there. KL(source ‖ row) uses
+the source in PyTorch (--device) on the same --kl-tokens ids. Bits per weight: the decoder's Linear tensors of
+the GGUF (blk.*), block scales included.
+
+    python benchmarks/quality_llamacpp.py --model /tmp/ref/student-kd --artifact gptq-ours-g32=/tmp/ref/q/gptq-g32 \\
+        --wikitext wiki.test.tokens --heldout austen5.txt.xz --heldout builtin --heldout-max-tokens 131072 \\
+        --threads 16 --work /tmp/ref/gguf --out quality_table_reference_llamacpp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from compress import runtime
+from compress.data import load_texts, tokenize_stream
+from compress.evaluate.perplexity import score_stream
+from compress.models import checkpoint_dir, load_causal_lm, load_tokenizer, resolve
+
+LINEAR_SUFFIXES = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight", "ffn_gate.weight",
+                   "ffn_up.weight", "ffn_down.weight")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="the source checkpoint dir (bf16/fp32)")
+    ap.add_argument("--artifact", action="append", default=[], help="NAME=DIR: our int4 artifact, exported")
+    ap.add_argument("--wikitext", required=True)
+    ap.add_argument("--heldout", action="append", default=[])
+    ap.add_argument("--heldout-max-tokens", type=int, default=None)
+    ap.add_argument("--max-tokens", type=int, default=None, help="cap every text (a smoke run; not for the table)")
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--kl-tokens", type=int, default=16384)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default=None, help="where the source runs for KL")
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    import llama_cpp
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    src = checkpoint_dir(resolve(args.model))
+    tok = load_tokenizer(src)
+    streams = {"wikitext2-test": tokenize_stream(tok, [Path(args.wikitext).read_text(encoding="utf-8")],
+                                                   args.max_tokens)}
+    for h in args.heldout:
+        streams[Path(h).name.split(".")[0]] = tokenize_stream(tok, load_texts(h), args.max_tokens or args.heldout_max_tokens)
+    kl_ids = tokenize_stream(tok, load_texts(args.heldout[0]), args.kl_tokens)
+    device = args.device or runtime.default_device()
+    source = load_causal_lm(src, device=device)
+    files = build_files(src, args, work)
+    rows: list[dict] = []
+    result = dict(benchmark="quality_table", runner="llama.cpp", llama_cpp_python=llama_cpp.__version__,
+                  created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=dict(spec=args.model),
+                  device=f"llama.cpp CPU, {args.threads} threads", hardware=runtime.hardware(),
+                  settings={k: v for k, v in vars(args).items() if k != "out"}, rows=rows, complete=False)
+    for name, (path, made_s) in files.items():
+        rows.append(score_file(name, path, made_s, streams, kl_ids, source, tok, args))
+        print(json.dumps(rows[-1]), flush=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    result["complete"] = True
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def build_files(src, args, work: Path) -> dict[str, tuple[str, float]]:
+    """name → (GGUF path, seconds to make it); a file that cannot be made is recorded by score_file."""
+    from compress.export import export_gguf
+
+    files: dict[str, tuple[str, float]] = {}
+    t0 = time.perf_counter()
+    f16 = work / "source-f16.gguf"
+    export_gguf(src, f16, overwrite=True)
+    files["llamacpp-f16"] = (str(f16), time.perf_counter() - t0)
+    for name, ftype in (("llamacpp-q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0"), ("llamacpp-q4_k_m", "LLAMA_FTYPE_MOSTLY_Q4_K_M")):
+        t0 = time.perf_counter()
+        out = work / f"{name}.gguf"
+        files[name] = (str(out) if llama_quantize(str(f16), str(out), ftype) else f"failed: {ftype}",
+                       time.perf_counter() - t0)
+    for spec in args.artifact:
+        name, path = spec.split("=", 1)
+        t0 = time.perf_counter()
+        out = work / f"{name}.gguf"
+        try:
+            export_gguf(path, out, overwrite=True)
+            files[f"{name}-gguf"] = (str(out), time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - a refused layout is a row with its reason
+            files[f"{name}-gguf"] = (f"failed: {str(e).strip().splitlines()[0][:200]}", 0.0)
+    return files
+
+
+def llama_quantize(f16: str, out: str, ftype: str) -> bool:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype)
+    return llama_cpp.llama_model_quantize(f16.encode(), out.encode(), params) == 0
+
+
+def score_file(name, path, made_s, streams, kl_ids, source, tok, args) -> dict:
+    row = dict(row=name, group_size=32 if name != "llamacpp-f16" else None, seed=None, file=path)
+    if path.startswith("failed"):
+        return row | dict(skipped=path)
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=path, n_ctx=args.context, n_batch=args.context, n_ubatch=args.context,
+                          logits_all=True, verbose=False, n_threads=args.threads, n_threads_batch=args.threads)
+
+    def logits(window: torch.Tensor) -> torch.Tensor:
+        llm.reset()
+        llm.eval(window.tolist())
+        return torch.from_numpy(np.asarray(llm.scores[: len(window)], dtype=np.float32))
+
+    def window_nll(window: torch.Tensor, n_new: int) -> float:
+        lg = logits(window)[:-1]
+        return F.cross_entropy(lg[-n_new:], window[1:][-n_new:], reduction="sum").item()
+
+    row |= dict(quantize_time_s=round(made_s, 1), size_bytes=os.path.getsize(path), **gguf_bits(path))
+    for text, ids in streams.items():
+        r = score_stream(ids, tok, args.context, args.context, window_nll)
+        row[f"ppl:{text}"], row[f"tokens:{text}"] = round(r.perplexity, 4), r.tokens_scored
+    row["kl_to_source"] = round(kl(source, logits, kl_ids, args.context), 5)
+    return row
+
+
+def gguf_bits(path: str) -> dict:
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    params = nbytes = 0
+    types: Counter = Counter()
+    for t in reader.tensors:
+        if t.name.startswith("blk.") and t.name.endswith(LINEAR_SUFFIXES):
+            params += int(np.prod(t.shape))
+            nbytes += int(t.n_bytes)
+            types[t.tensor_type.name] += 1
+    return dict(bits_per_weight=round(8 * nbytes / params, 4), linear_types=dict(types),
+                tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)))
+
+
+@torch.no_grad()
+def kl(source, row_logits, ids: torch.Tensor, context: int) -> float:
+    """Mean over tokens of KL(p_source ‖ p_row), disjoint windows (as quality_table.kl_to_source)."""
+    total, n = 0.0, 0
+    for begin in range(0, len(ids) - 1, context):
+        window = ids[begin:begin + context]
+        p = F.log_softmax(source(window[None].to(source.device)).logits[0].float().cpu(), -1)
+        q = F.log_softmax(row_logits(window), -1)
+        total += F.kl_div(q, p, log_target=True, reduction="sum").item()
+        n += len(window)
+    return total / max(n, 1)
+
+
+if __name__ == "__main__":
+    main()
