@@ -31,8 +31,11 @@ def main(*paths: str) -> None:
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for (name, group), rs in groups.items():
-        if "skipped" in rs[0]:
-            print(f"| {name} | {group or '-'} | - | skipped: {rs[0]['skipped'][:90]} |")
+        failed = [r for r in rs if "skipped" in r or "error" in r]  # not built (skipped) or not scored (error)
+        rs = [r for r in rs if r not in failed]
+        if not rs:
+            why = "skipped: " + failed[0]["skipped"] if "skipped" in failed[0] else "error: " + failed[0]["error"]
+            print(f"| {name} | {group or '-'} | - | {why[:100]} |")
             continue
         label = "64 (bnb block)" if name == "nf4" else str(group or "-")  # older JSON recorded nf4 under g128
         cells = [name, label, str(len(rs)), fmt([r["bits_per_weight"] for r in rs], 3)]

@@ -5,11 +5,16 @@ Rows (pick with --rows): bf16 (the source as stored), rtn, gptq-gptqmodel (gptqm
 ours), gptq-ours (`compress quantize --method gptq` defaults), budget (`--bits-budget`), autoround (auto-round called
 directly, its own tokenization of the calibration texts), autoround-ours (`compress quantize --method autoround`: the
 same library on our calibration blocks, --autoround-iters steps),
-nf4 (bitsandbytes, block 64), hqq (the hqq library), torchao-int4 (Int4WeightOnlyConfig). Each at every
+nf4 (bitsandbytes, block 64), hqq (the hqq library), torchao-int4 (Int4WeightOnlyConfig). Candidate defaults, each
+changing ONE thing from gptq-ours: gptq-mse (--mse 2.0: gptqmodel's shrunk-scale search), gptq-asym (--asym),
+gptq-actorder (--act-order), gptq-mix (--calib mix, the four-domain offline text); gptq-best combines the ones
+expected to help (mix + asym + mse 2.0). Each at every
 --groups size (nf4: bitsandbytes' block 64 only); calibrated rows once per --seeds seed, the others once.
-A row whose library is missing or refuses this model/device is recorded with the reason, not dropped.
+A row whose library is missing or refuses this model/device is recorded with the reason (`skipped`), and one that
+fails while being scored with its error (`error`), not dropped.
 
-Columns: WikiText-2 test perplexity (whole file unless --max-tokens), perplexity on each --heldout text, mean
+Columns: WikiText-2 test perplexity (whole file unless --max-tokens), perplexity on each --heldout text (the first
+--heldout-max-tokens tokens if given), mean
 KL(source ‖ row) of next-token distributions on --kl-tokens tokens of the first held-out text (same windows
 for every row), bits per weight of the decoder Linear layers computed from the files (scales/zeros included;
 rows that only quantize in memory, from the in-memory tensors), size on disk, quantization time. Also the
@@ -43,8 +48,13 @@ from compress.models import checkpoint_dir, load_causal_lm, load_tokenizer, reso
 from compress.quantize import make_config, quantize
 from compress.quantize.budget import decoder_linears
 
-CALIBRATED = {"gptq-gptqmodel", "gptq-ours", "budget", "autoround", "autoround-ours"}
-ALL_ROWS = "bf16,rtn,gptq-gptqmodel,gptq-ours,budget,autoround,autoround-ours,nf4,hqq,torchao-int4"
+CANDIDATES = {  # one change each from gptq-ours (issue 16's open defaults), then the combination
+    "gptq-mse": dict(mse=2.0), "gptq-asym": dict(sym=False), "gptq-actorder": dict(act_order=True),
+    "gptq-mix": dict(calib="mix"), "gptq-best": dict(calib="mix", sym=False, mse=2.0),
+}
+CALIBRATED = {"gptq-gptqmodel", "gptq-ours", "budget", "autoround", "autoround-ours", *CANDIDATES}
+ALL_ROWS = ("bf16,rtn,gptq-gptqmodel,gptq-ours,budget,autoround,autoround-ours,nf4,hqq,torchao-int4,"
+            + ",".join(CANDIDATES))
 
 
 def main() -> None:
@@ -62,6 +72,8 @@ def main() -> None:
     ap.add_argument("--autoround-iters", type=int, default=200, help="AutoRound's tuning steps per block (its default)")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of each text")
+    ap.add_argument("--heldout-max-tokens", type=int, default=None,
+                    help="score only the first N tokens of each --heldout text (WikiText-2 stays as --max-tokens says)")
     ap.add_argument("--kl-tokens", type=int, default=16384)
     ap.add_argument("--device", default=None)
     ap.add_argument("--work", default="out/quality")
@@ -75,8 +87,9 @@ def main() -> None:
     tok = load_tokenizer(src)
     texts = {"wikitext2-test": [Path(args.wikitext).read_text(encoding="utf-8")]}
     texts |= {Path(h).name.split(".")[0]: load_texts(h) for h in (args.heldout or ["builtin"])}
-    if args.max_tokens:  # tokenizing a whole 4 MB novel per row to keep its first N tokens costs minutes
-        texts = {k: _head(v, 8 * args.max_tokens) for k, v in texts.items()}
+    for name in texts:  # tokenizing a whole 4 MB novel per row to keep its first N tokens costs minutes
+        if cap := max_tokens(name, args):
+            texts[name] = _head(texts[name], 8 * cap)
     kl_ids = tokenize_stream(tok, next(v for k, v in texts.items() if k != "wikitext2-test"), args.kl_tokens)
     source = load_causal_lm(src, device=device)
     model_info = dict(spec=str(model_spec), q41_grid_share=q41_grid_share(source))
@@ -104,16 +117,28 @@ def run_row(row, group, seed, src, model_spec, tok, texts, kl_ids, source, args,
     try:
         model, files = build(row, group, seed, src, model_spec, tok, args, device, work)
     except Exception as e:  # noqa: BLE001 - a peer that does not install or refuses: recorded, not dropped
-        return out | dict(skipped=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
+        return out | dict(skipped=_reason(e))
     out["quantize_time_s"] = round(time.perf_counter() - t0, 1)
-    out["bits_per_weight"] = linear_bits(model, files)
-    out["size_bytes"] = dir_size_bytes(files, "*.safetensors") if files else None
-    for name, text in texts.items():
-        r = perplexity(model, tok, text, context_len=args.context, max_tokens=args.max_tokens)
-        out[f"ppl:{name}"], out[f"tokens:{name}"] = round(r.perplexity, 4), r.tokens_scored
-    out["kl_to_source"] = round(kl_to_source(source, model, kl_ids, args.context), 5)
+    try:
+        out["bits_per_weight"] = linear_bits(model, files)
+        out["size_bytes"] = dir_size_bytes(files, "*.safetensors") if files else None
+        for name, text in texts.items():
+            r = perplexity(model, tok, text, context_len=args.context, max_tokens=max_tokens(name, args))
+            out[f"ppl:{name}"], out[f"tokens:{name}"] = round(r.perplexity, 4), r.tokens_scored
+        out["kl_to_source"] = round(kl_to_source(source, model, kl_ids, args.context), 5)
+    except Exception as e:  # noqa: BLE001 - a row that builds but fails to score (a kernel, out of memory): recorded
+        out["error"] = _reason(e)
     del model
     return out
+
+
+def max_tokens(name: str, args) -> int | None:
+    """Tokens to score of text `name`: --max-tokens for WikiText-2, --heldout-max-tokens (else --max-tokens) for the rest."""
+    return args.max_tokens if name == "wikitext2-test" else (args.heldout_max_tokens or args.max_tokens)
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
 
 
 def _head(docs: list[str], chars: int) -> list[str]:
@@ -136,7 +161,7 @@ def build(row, group, seed, src, model_spec, tok, args, device, work):
         "gptq-gptqmodel": dict(method="gptq", group_size=group, damp=0.05, **calib),
         "budget": dict(method="gptq", group_size=group, bits_budget=args.budget, **calib),
         "autoround-ours": dict(method="autoround", group_size=group, iters=args.autoround_iters, **calib),
-    }
+    } | {name: dict(method="gptq", group_size=group, **(calib | change)) for name, change in CANDIDATES.items()}
     if row == "bf16":
         return load_causal_lm(src, device=device), Path(src)
     if row in plans:

@@ -3,6 +3,8 @@
 A data spec is one of:
 - `builtin` (the default): the Python documentation topics that ship inside every CPython
   (`pydoc_data.topics`, ~465k characters of real English prose and code), so nothing needs a network;
+- `mix`: four offline domains (Python docs, stdlib code, MMLU worked answers, package READMEs), each
+  capped at 450k characters (`compress.data_mix`): the multi-domain calibration text;
 - a local file: `.txt` (one document), `.jsonl` (one JSON object per line with a `text` field,
   or a JSON string per line), optionally `.xz`/`.gz` compressed; or a directory of such files;
 - a Hugging Face dataset, `name[:config[:split]]` (default split `train`), for users with the hub.
@@ -36,6 +38,10 @@ def load_texts(spec: str | None = None, text_field: str = "text") -> list[str]:
     spec = spec or BUILTIN
     if spec == BUILTIN:
         return builtin_texts()
+    if spec == "mix":
+        from compress.data_mix import mix_texts
+
+        return mix_texts()
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(f for f in path.rglob("*") if f.is_file() and _base_suffix(f) in _TEXT_SUFFIXES)

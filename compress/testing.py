@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from compress.data import builtin_texts
+from compress.data_mix import stdlib_sources  # noqa: F401 - re-exported: tests and benchmarks import it from here
 
 
 def train_tokenizer(vocab_size: int = 512, texts: list[str] | None = None):
@@ -81,23 +82,6 @@ def smollm2_gguf() -> Path | None:
         return None
     hits = glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "*.gguf"))
     return Path(hits[0]) if hits else None
-
-
-def stdlib_sources(max_chars: int = 1_000_000, offset: int = 0) -> list[str]:
-    """Python standard-library sources of this interpreter (real code that ships offline), one text per
-    file, sorted by path, test packages left out; files are taken from the `offset`-th on until `max_chars`."""
-    import sysconfig
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.glob("*.py") if p.is_file())
-    texts, total = [], 0
-    for p in files[offset:]:
-        text = p.read_text(encoding="utf-8", errors="replace")
-        texts.append(text)
-        total += len(text)
-        if total >= max_chars:
-            break
-    return texts
 
 
 def train_tiny_llama(path: str | Path, texts: list[str], tokenizer, steps: int = 300, seq_len: int = 128,

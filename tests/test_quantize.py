@@ -79,15 +79,17 @@ def test_roundtrip_logits_without_compress(method, tiny_artifacts, tiny_model, t
 def test_compress_json_records_what_applied_and_the_defaults(tiny_artifacts):
     """int8 methods record no GPTQ options; rtn no calibration; gptq every default it resolved."""
     configs = {m: read_meta(tiny_artifacts[m]).config for m in METHODS}
-    gptq_only = {"act_order", "damp", "calib", "calib_samples", "calib_seqlen", "seed"}
+    gptq_only = {"act_order", "damp", "mse", "calib", "calib_samples", "calib_seqlen", "seed"}
     for m in ("int8", "int8-wo"):
         assert not (gptq_only | {"group_size", "sym", "bits_budget"}) & configs[m].keys(), configs[m]
         assert configs[m]["bits"] == 8
     assert not (gptq_only | {"bits_budget"}) & configs["rtn"].keys(), configs["rtn"]
     assert configs["rtn"]["group_size"] == 32 and configs["rtn"]["sym"] is True and configs["rtn"]["bits"] == 4
     assert {k: configs["gptq"][k] for k in gptq_only | {"sym", "bits"}} == dict(
-        act_order=False, damp=0.01, calib="builtin", calib_samples=16, calib_seqlen=128, seed=0, sym=True, bits=4)
+        act_order=False, damp=0.01, mse=0.0, calib="builtin", calib_samples=16, calib_seqlen=128, seed=0, sym=True,
+        bits=4)
     assert configs["gptq"]["backend"]["gptqmodel"]["damp_percent"] == 0.01
+    assert "mse" not in configs["gptq"]["backend"]["gptqmodel"]  # 0 = off: gptqmodel's own default, not passed
     assert "bits_budget" not in configs["gptq"]
     for m in ("gptq", "rtn"):  # what the checkpoint itself says agrees with what compress.json records
         qc = json.loads((Path(tiny_artifacts[m]) / "config.json").read_text())["quantization_config"]
@@ -155,6 +157,40 @@ def test_gptq_layer_error_below_rtn(tiny_artifacts, tiny_model, tokenizer):
         wq = dequantized_reference(tiny_artifacts[m]).model.layers[0].self_attn.q_proj.weight.detach()
         errors[m] = torch.linalg.norm(x @ (wq - w).t()).item()
     assert errors["gptq"] < 0.9 * errors["rtn"], errors
+
+
+def test_mse_scale_search_reaches_gptqmodel_quantizer():
+    """--mse P is what gptqmodel's Quantizer.find_params sees: on a trained-like weight (heavy tails) its
+    shrunk-scale search gives a lower Σ(ŵ − w)² than the max-based scale, per group of 32."""
+    import gptqmodel as gm
+    from gptqmodel.quantization.quantizer import Quantizer
+    from gptqmodel.quantization.quantizer import quantize as fake_quant
+
+    from compress.quantize.gptq import backend_config
+
+    torch.manual_seed(0)
+    w = torch.distributions.StudentT(3.0).sample((256, 32))  # [groups, group_size]: heavy tails, like trained weights
+    err = {}
+    for mse in (0.0, 2.0):
+        q = Quantizer(gm.QuantizeConfig(**backend_config(make_config(method="gptq", group_size=32, mse=mse))))
+        q.configure(perchannel=True)
+        q.find_params(w, weight=True)
+        err[mse] = ((fake_quant(w, q.scale, q.zero, q.maxq, False) - w) ** 2).sum().item()
+    assert err[2.0] < 0.9 * err[0.0], err
+
+
+def test_mse_artifact_reloads_and_records_it(tiny_artifacts, tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    res = quantize(str(tiny_model), make_config(method="gptq", mse=2.0, **GPTQ_FAST), tmp_path / "mse", device="cpu",
+                   measure_quality=False)
+    meta = read_meta(res.output)
+    assert meta.metrics["roundtrip_max_rel_logit_error"] < ROUNDTRIP_TOLERANCE  # reloads to what was quantized
+    assert meta.config["mse"] == 2.0 and meta.config["backend"]["gptqmodel"]["mse"] == 2.0
+    key = "model.layers.0.self_attn.q_proj.scales"
+    scales = {k: load_file(next(Path(a).glob("*.safetensors")))[key].float() for k, a in
+              (("mse", res.output), ("max", tiny_artifacts["gptq"]))}
+    assert (scales["mse"] < scales["max"] - 1e-6).float().mean() > 0.2  # many groups took a shrunk scale
 
 
 def test_calibration_text_not_in_config(tiny_artifacts):

@@ -22,6 +22,7 @@ def quantize(
     act_order: Annotated[Optional[bool], typer.Option("--act-order/--no-act-order", help="gptq: order columns by Hessian diagonal (default off).")] = None,
     sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="gptq/rtn/autoround: symmetric or asymmetric (zero-point) grid (default sym).")] = None,
     damp: Annotated[Optional[float], typer.Option(help="gptq: fraction of mean(diag H) added to diag H (default 0.01).")] = None,
+    mse: Annotated[Optional[float], typer.Option(help="gptq: search shrunk scales per group minimising sum |w_q - w|^P with this P (gptqmodel's mse; e.g. 2.0); 0 = max scale (default 0).")] = None,
     calib: Annotated[Optional[str], typer.Option(help="gptq/autoround: calibration data: .txt/.jsonl file or dir, dataset name, or 'builtin' (default).")] = None,
     calib_samples: Annotated[Optional[int], typer.Option(help="gptq/autoround: calibration sequences (default 128).")] = None,
     calib_seqlen: Annotated[Optional[int], typer.Option(help="gptq/autoround: tokens per calibration sequence (default 512).")] = None,
@@ -40,7 +41,7 @@ def quantize(
     from compress.quantize.report import results_table
 
     cfg = make_config(method=method.value, bits=bits, bits_budget=bits_budget, group_size=group_size,
-                      act_order=act_order, sym=sym, damp=damp, calib=calib, calib_samples=calib_samples,
+                      act_order=act_order, sym=sym, damp=damp, mse=mse, calib=calib, calib_samples=calib_samples,
                       calib_seqlen=calib_seqlen, seed=seed, iters=iters, lr=lr)
     result = run(model, cfg, output, overwrite=overwrite, device=device, measure_quality=quality)
     console.print(results_table([result]))

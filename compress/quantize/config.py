@@ -34,6 +34,7 @@ APPLIES: dict[str, tuple[set[str], object]] = {
     "sym": (PACKED, True),
     "act_order": ({"gptq"}, False),
     "damp": ({"gptq"}, 0.01),
+    "mse": ({"gptq"}, 0.0),  # 0 = scale from the group's max; P > 0 = gptqmodel's shrunk-scale search minimising Σ|ŵ−w|^P
     "calib": (CALIBRATED, "builtin"),  # a data spec (compress.data); builtin = the offline Python docs text
     "calib_samples": (CALIBRATED, 128),
     "calib_seqlen": (CALIBRATED, 512),
@@ -42,7 +43,7 @@ APPLIES: dict[str, tuple[set[str], object]] = {
     "iters": ({"autoround"}, 200),  # auto-round's default tuning steps per decoder block
     "lr": ({"autoround"}, None),  # None: auto-round's own schedule (1/iters); recorded only when given
 }
-_FLAGS = {"group_size": "--group-size", "sym": "--sym/--asym", "act_order": "--act-order", "damp": "--damp",
+_FLAGS = {"group_size": "--group-size", "sym": "--sym/--asym", "act_order": "--act-order", "damp": "--damp", "mse": "--mse",
           "calib": "--calib", "calib_samples": "--calib-samples", "calib_seqlen": "--calib-seqlen",
           "seed": "--seed", "bits_budget": "--bits-budget", "iters": "--iters", "lr": "--lr"}
 _WHY = {"rtn": "rtn rounds each weight alone, with no calibration data",
@@ -50,6 +51,10 @@ _WHY = {"rtn": "rtn rounds each weight alone, with no calibration data",
         "autoround": "autoround tunes rounding by signed gradient descent, with no Hessian or per-layer widths",
         "int8": "int8 (LLM.int8) has a fixed per-row int8 scheme",
         "int8-wo": "int8-wo has a fixed per-channel int8 scheme"}
+_WHY_OPTION = {  # where an option's refusal has its own reason
+    ("mse", "rtn"): "gptqmodel 7.6's RTN config drops `mse`, so the scale search would not run",
+    ("mse", "autoround"): "auto-round tunes its own clipping range",
+}
 BUDGET_RANGE = (4.0, 16.0)  # smallest width we choose (4) .. the source precision (16)
 
 
@@ -62,6 +67,7 @@ class QuantizeConfig(BaseModel):
     act_order: bool | None = None  # GPTQ: quantize columns in order of decreasing Hessian diagonal
     sym: bool | None = None
     damp: float | None = Field(None, gt=0, lt=1)  # fraction of mean(diag(H)) added to H's diagonal
+    mse: float | None = Field(None, ge=0, le=10)  # GPTQ: norm P of the scale search (gptqmodel `mse`); 0 = off
     calib: str | None = None
     calib_samples: int | None = Field(None, ge=1)
     calib_seqlen: int | None = Field(None, ge=16)
@@ -76,7 +82,8 @@ class QuantizeConfig(BaseModel):
         for name, (methods, default) in APPLIES.items():
             given = getattr(self, name)
             if given is not None and m not in methods:
-                raise ValueError(f"{_FLAGS[name]} does not apply to --method {m}: {_WHY.get(m, '')}"
+                why = _WHY_OPTION.get((name, m), _WHY.get(m, ""))
+                raise ValueError(f"{_FLAGS[name]} does not apply to --method {m}: {why}"
                                  f" (it applies to {', '.join(sorted(methods))})")
             if given is None and m in methods:
                 setattr(self, name, default)

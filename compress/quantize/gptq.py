@@ -60,6 +60,8 @@ def backend_config(cfg: QuantizeConfig, keep: list[str] | None = None) -> dict:
         damp_percent=cfg.damp,
         offload_to_disk=False,
     )
+    if cfg.mse:  # gptqmodel's Quantizer.find_params: shrink the scale by p = 1, 0.99, ... 0.21, keep the best
+        kw["mse"] = cfg.mse
     if cfg.method == Method.rtn.value:
         kw["weight_only"] = "rtn"
     if cfg.group_size == -1 and cfg.method == Method.gptq.value:
