@@ -25,7 +25,7 @@ mkdir -p "$OUT" $Q
 COMMON="--model $REF --device cuda --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin
   --heldout-max-tokens 131072 --calib-samples 128 --calib-seqlen 512 --context 1024 --kl-tokens 16384"
 shard() {  # NAME ROWS GROUPS SEEDS
-  OMP_NUM_THREADS=4 python3 benchmarks/quality_table.py $COMMON --rows "$2" --groups "$3" --seeds "$4" \
+  OMP_NUM_THREADS=3 python3 benchmarks/quality_table.py $COMMON --rows "$2" --groups "$3" --seeds "$4" \
     --work $Q/"$1" --out "$OUT/qt_$1.json" > /tmp/ref/"$1".log 2>&1
   echo "shard $1 rc $?" >> /tmp/ref/status
 }
@@ -42,7 +42,8 @@ chain)
   shard A bf16,rtn,gptq-ours 128,32 0,1,2 &
   shard B gptq-gptqmodel 128,32 0,1,2 &
   shard C gptq-mse,gptq-asym,gptq-actorder 128,32 0 &
-  shard D gptq-mix,gptq-rot,gptq-best,budget 128,32 0 &
+  shard D gptq-mix,gptq-best,budget 128,32 0 &
+  shard H gptq-best 128,32 1,2 &
   shard E hqq,torchao-int4 128,32 0 &
   bash "$0" llama &
   for _ in $(seq 120); do [ -f /tmp/site/.bnb ] && break; sleep 5; done   # the bitsandbytes wheel comes in a later call
