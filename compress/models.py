@@ -184,7 +184,7 @@ def load_causal_lm(spec: str | ModelRef, device: str | None = None, dtype: torch
     dtype = dtype or load_dtype(ref, device)
     method = quant_method(ref)
     try:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint_dir(ref), dtype=dtype, device_map=device)
+        model = _from_pretrained(ref, dtype, device, method)
     except CompressError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -193,6 +193,33 @@ def load_causal_lm(spec: str | ModelRef, device: str | None = None, dtype: torch
     if method == "gptq":
         _eager_gptq_dequant(model)
     return model
+
+
+GPTQ_CUDA_FALLBACKS = ("marlin", "triton", "torch")  # tried in order when gptqmodel's own choice refuses the shapes
+
+
+def _from_pretrained(ref: ModelRef, dtype, device: str, method: str | None):
+    """from_pretrained; for a GPTQ checkpoint on CUDA, gptqmodel's auto choice first, then the kernels that take
+    any width. On Hopper gptqmodel 7.6 auto-selects Machete, which then refuses SmolLM2's 192-wide k/v projections
+    at g128 ("out_features 192 must be divisible by 128") instead of falling back."""
+    from transformers import AutoModelForCausalLM, GPTQConfig
+
+    path = checkpoint_dir(ref)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device)
+    except Exception as first:  # noqa: BLE001
+        if method != "gptq" or not str(device).startswith("cuda"):
+            raise
+        qc = read_config(ref)["quantization_config"]
+        for backend in GPTQ_CUDA_FALLBACKS:
+            try:
+                cfg = GPTQConfig(bits=qc["bits"], group_size=qc.get("group_size", 128), desc_act=qc.get("desc_act", False),
+                                 sym=qc.get("sym", True), backend=backend)
+                return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device,
+                                                            quantization_config=cfg)
+            except Exception:  # noqa: BLE001 - the next kernel
+                continue
+        raise first
 
 
 def _eager_gptq_dequant(model) -> None:

@@ -117,3 +117,19 @@ def test_smollm2_g64_artifact_passes_and_its_v2_relabel_does_not(smollm2_gguf, t
     refs = gptq_references(art, ids)
     with pytest.raises(CompressError, match="does not reload"):
         check_roundtrip(logits(load_causal_lm(str(bad), device="cpu"), ids), refs, "rtn")
+
+
+def test_half_dtype_reference_for_gpu_reloads_still_refuses_the_v2_trap(ragged_rtn, tmp_path, tokenizer):
+    """On a GPU the reloaded model runs wholly in bf16, so the references add the dequantized model run in that
+    dtype (here on the CPU, the same arithmetic): the tolerance follows its distance from fp32, and the v1/v2
+    trap is still refused."""
+    ids = probe_ids(tokenizer)
+    refs = gptq_references(ragged_rtn, ids, "cpu", torch.bfloat16)
+    assert set(refs) == {"fp32", "bf16-kernel", "bfloat16-model"}
+    reloaded_bf16 = logits(load_causal_lm(str(ragged_rtn), device="cpu", dtype=torch.bfloat16), ids)
+    metrics = check_roundtrip(reloaded_bf16, refs, "rtn")
+    noise = max((refs[k] - refs["fp32"]).abs().max().item() for k in ("bf16-kernel", "bfloat16-model"))
+    assert metrics["roundtrip_bf16_noise"] == pytest.approx(noise / refs["fp32"].abs().max().item())
+    bad = _relabel_v2(ragged_rtn, tmp_path / "v2")
+    with pytest.raises(CompressError, match="does not reload"):
+        check_roundtrip(logits(load_causal_lm(str(bad), device="cpu", dtype=torch.bfloat16), ids), refs, "rtn")

@@ -71,7 +71,7 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
             from compress.quantize.autoround import quantize_autoround
 
             extra = quantize_autoround(src, cfg, calib_ids, tmp, device, source_dtype)
-            references = verify.gptq_references(tmp, probe)
+            references = verify.gptq_references(tmp, probe, device, runtime.compute_dtype(device))
         elif packed:
             from compress.quantize.gptq import quantize_gptq
 
@@ -79,7 +79,7 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
             if plan:
                 extra["budget"] = {"widths": plan.widths, "scores": plan.scores,
                                    "planned_bits_per_weight": plan.planned_bits_per_weight}
-            references = verify.gptq_references(tmp, probe)
+            references = verify.gptq_references(tmp, probe, device, runtime.compute_dtype(device))
         else:
             from compress.quantize.int8 import quantize_int8
 
