@@ -57,6 +57,16 @@ llama)  # llama.cpp's quantizers and our GPTQ g32 (defaults) exported, run by ll
     --heldout-max-tokens 131072 --context 1024 --kl-tokens 16384 --threads 10 --device cuda --work /tmp/ref/gguf \
     --out "$OUT/qt_L.json" >> /tmp/ref/llama.log 2>&1
   echo "llama rc $?" >> /tmp/ref/status ;;
+redo)  # session 8's second round after the CUDA load fix (models._from_pretrained): small shards on both GPUs
+  pkill -f quality_table; sleep 2
+  for spec in "0 A1 rtn,gptq-ours 128,32 0" "0 A2 gptq-ours 128 1,2" "0 A3 gptq-ours 32 1,2" "0 C1 gptq-mse 128,32 0" \
+      "0 C2 gptq-asym 128,32 0" "0 C3 gptq-actorder 128,32 0" "1 B1 gptq-gptqmodel 128,32 0" "1 B2 gptq-gptqmodel 128 1,2" \
+      "1 D1 gptq-mix 128,32 0" "1 D2 gptq-best 128,32 0" "1 D3 gptq-best 128 1,2" "1 D4 budget 128,32 0" \
+      "1 F1 autoround-ours 128,32 0"; do
+    set -- $spec; CUDA_VISIBLE_DEVICES=$1 OMP_NUM_THREADS=2 setsid nohup bash -c "$(declare -f shard); COMMON='$COMMON' \
+      Q=$Q OUT=$OUT shard $2 $3 $4 $5" > /dev/null 2>&1 &
+  done
+  CUDA_VISIBLE_DEVICES=0 setsid nohup bash "$0" llama > /dev/null 2>&1 & ;;
 peers)
   for _ in $(seq 200); do [ -f /tmp/ref/.model ] && break; sleep 5; done
   shard F autoround-ours 128,32 0 &

@@ -230,7 +230,7 @@ def test_cli_writes_the_file(tiny_rtn, tmp_path, capsys):
 def smol_gptq32(tmp_path_factory, smollm2_gguf):
     """SmolLM2 GPTQ int4 g32 on a small calibration set: the export's fidelity, not GPTQ's quality, is tested."""
     out = tmp_path_factory.mktemp("smol-export")
-    cfg = make_config(method="gptq", bits=4, group_size=32, calib_samples=8, calib_seqlen=128)
+    cfg = make_config(method="gptq", bits=4, group_size=32, sym=True, calib_samples=8, calib_seqlen=128)  # sym: Q4_0
     return Path(quantize(str(smollm2_gguf), cfg, out / "gptq32", device="cpu", measure_quality=False).output)
 
 

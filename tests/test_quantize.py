@@ -86,14 +86,14 @@ def test_compress_json_records_what_applied_and_the_defaults(tiny_artifacts):
     assert not (gptq_only | {"bits_budget"}) & configs["rtn"].keys(), configs["rtn"]
     assert configs["rtn"]["group_size"] == 32 and configs["rtn"]["sym"] is True and configs["rtn"]["bits"] == 4
     assert {k: configs["gptq"][k] for k in gptq_only | {"sym", "bits"}} == dict(
-        act_order=False, damp=0.01, mse=0.0, calib="builtin", calib_samples=16, calib_seqlen=128, seed=0, sym=True,
-        bits=4)
+        act_order=False, damp=0.01, mse=2.0, calib="mix", calib_samples=16, calib_seqlen=128, seed=0, sym=False,
+        bits=4)  # the defaults the reference-model table chose (compress/quantize/config.py)
     assert configs["gptq"]["backend"]["gptqmodel"]["damp_percent"] == 0.01
-    assert "mse" not in configs["gptq"]["backend"]["gptqmodel"]  # 0 = off: gptqmodel's own default, not passed
+    assert configs["gptq"]["backend"]["gptqmodel"]["mse"] == 2.0
     assert "bits_budget" not in configs["gptq"]
-    for m in ("gptq", "rtn"):  # what the checkpoint itself says agrees with what compress.json records
+    for m, sym in (("gptq", False), ("rtn", True)):  # the checkpoint itself agrees with what compress.json records
         qc = json.loads((Path(tiny_artifacts[m]) / "config.json").read_text())["quantization_config"]
-        assert (qc["bits"], qc["group_size"], qc["sym"]) == (4, 32, True)
+        assert (qc["bits"], qc["group_size"], qc["sym"]) == (4, 32, sym)
 
 
 ADVERTISED = {  # the combinations `compress quantize --help` advertises, each through the reload check

@@ -41,12 +41,31 @@ def _gptqmodel():
     logging.getLogger("gptqmodel").setLevel(logging.WARNING)
     import gptqmodel
     from gptqmodel.looper import loop_processor
+    from gptqmodel.quantization import quantizer
+
+    if not getattr(quantizer.Quantizer.find_params, "_compress_v1_zero", False):
+        quantizer.Quantizer.find_params = _v1_representable_zero(quantizer.Quantizer.find_params)
 
     from compress.models import cache_dir
 
     # gptqmodel writes per-layer logs to ./logs of whatever directory the user is in; keep them in our cache.
     loop_processor._PROJECT_LOG_DIR = cache_dir() / "gptqmodel-logs"
     return gptqmodel
+
+
+def _v1_representable_zero(find_params):
+    """GPTQ v1 stores zero − 1 in packed words, so an asymmetric zero point of 0 is written as −1, and loaders
+    that convert v1 to v2 by adding 1 to each packed word carry that overflow into the neighbouring zero point
+    (a 2-bit asym + `mse` artifact reloaded 6.6% off; `mse`'s adjacent-zero search makes 0 frequent). Clamping
+    the zero to ≥ 1 while GPTQ runs keeps the grid representable; codes and error feedback follow the clamped grid."""
+    def wrapped(self, x, weight=False):
+        out = find_params(self, x, weight)
+        if not self.qcfg.sym and self.maxq > 0:
+            self.zero.clamp_(min=1)
+        return out
+
+    wrapped._compress_v1_zero = True
+    return wrapped
 
 
 def backend_config(cfg: QuantizeConfig, keep: list[str] | None = None) -> dict:
