@@ -133,7 +133,7 @@ def run_row(row, group, seed, src, model_spec, tok, texts, kl_ids, source, args,
 
 
 def max_tokens(name: str, args) -> int | None:
-    """Tokens to score of text `name`: --max-tokens for WikiText-2, --heldout-max-tokens (else --max-tokens) for the rest."""
+    """Tokens of text `name` to score: --max-tokens for WikiText-2, --heldout-max-tokens (else --max-tokens) for others."""
     return args.max_tokens if name == "wikitext2-test" else (args.heldout_max_tokens or args.max_tokens)
 
 

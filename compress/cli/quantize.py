@@ -23,7 +23,7 @@ def quantize(
     sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="gptq/rtn/autoround: symmetric or asymmetric (zero-point) grid (default sym).")] = None,
     damp: Annotated[Optional[float], typer.Option(help="gptq: fraction of mean(diag H) added to diag H (default 0.01).")] = None,
     mse: Annotated[Optional[float], typer.Option(help="gptq: search shrunk scales per group minimising sum |w_q - w|^P with this P (gptqmodel's mse; e.g. 2.0); 0 = max scale (default 0).")] = None,
-    calib: Annotated[Optional[str], typer.Option(help="gptq/autoround: calibration data: .txt/.jsonl file or dir, dataset name, or 'builtin' (default).")] = None,
+    calib: Annotated[Optional[str], typer.Option(help="gptq/autoround: calibration data: .txt/.jsonl file or dir, dataset name, 'builtin' (default: the Python docs) or 'mix' (docs, code, MMLU worked answers, package READMEs).")] = None,
     calib_samples: Annotated[Optional[int], typer.Option(help="gptq/autoround: calibration sequences (default 128).")] = None,
     calib_seqlen: Annotated[Optional[int], typer.Option(help="gptq/autoround: tokens per calibration sequence (default 512).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="gptq/autoround: seed for calibration sampling (and auto-round's tuning) (default 0).")] = None,

@@ -34,7 +34,7 @@ APPLIES: dict[str, tuple[set[str], object]] = {
     "sym": (PACKED, True),
     "act_order": ({"gptq"}, False),
     "damp": ({"gptq"}, 0.01),
-    "mse": ({"gptq"}, 0.0),  # 0 = scale from the group's max; P > 0 = gptqmodel's shrunk-scale search minimising Σ|ŵ−w|^P
+    "mse": ({"gptq"}, 0.0),  # 0: scale from the group's max; P > 0: gptqmodel's search of shrunk scales, least Σ|ŵ−w|^P
     "calib": (CALIBRATED, "builtin"),  # a data spec (compress.data); builtin = the offline Python docs text
     "calib_samples": (CALIBRATED, 128),
     "calib_seqlen": (CALIBRATED, 512),
@@ -43,8 +43,8 @@ APPLIES: dict[str, tuple[set[str], object]] = {
     "iters": ({"autoround"}, 200),  # auto-round's default tuning steps per decoder block
     "lr": ({"autoround"}, None),  # None: auto-round's own schedule (1/iters); recorded only when given
 }
-_FLAGS = {"group_size": "--group-size", "sym": "--sym/--asym", "act_order": "--act-order", "damp": "--damp", "mse": "--mse",
-          "calib": "--calib", "calib_samples": "--calib-samples", "calib_seqlen": "--calib-seqlen",
+_FLAGS = {"group_size": "--group-size", "sym": "--sym/--asym", "act_order": "--act-order", "damp": "--damp",
+          "mse": "--mse", "calib": "--calib", "calib_samples": "--calib-samples", "calib_seqlen": "--calib-seqlen",
           "seed": "--seed", "bits_budget": "--bits-budget", "iters": "--iters", "lr": "--lr"}
 _WHY = {"rtn": "rtn rounds each weight alone, with no calibration data",
         "gptq": "gptq solves each layer with its Hessian, with no tuning steps",
