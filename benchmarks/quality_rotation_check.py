@@ -66,7 +66,8 @@ def main() -> None:
         ids = token_blocks(tok, builtin_texts(), 16, 128, 0)
         calib = [{"input_ids": r.tolist(), "attention_mask": [1] * r.numel()} for r in ids]
         rows = [check(rot, src, work, calib, ids[:2, :64]) for rot in (None, "hadamard")]
-    result = dict(benchmark="quality_rotation_check", created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result = dict(benchmark="quality_rotation_check", created_at=now,
                   hardware=runtime.hardware(), versions=runtime.library_versions(), cuda_aliased=cuda_aliased,
                   model="tiny random Llama (hidden 128, 2 layers, untied), 8-bit g32 sym", rows=rows)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -6,9 +6,9 @@ ours), gptq-ours (`compress quantize --method gptq` defaults), budget (`--bits-b
 directly, its own tokenization of the calibration texts), autoround-ours (`compress quantize --method autoround`: the
 same library on our calibration blocks, --autoround-iters steps),
 nf4 (bitsandbytes, block 64), hqq (the hqq library), torchao-int4 (Int4WeightOnlyConfig). Candidate defaults, each
-changing ONE thing from gptq-ours: gptq-mse (--mse 2.0: gptqmodel's shrunk-scale search), gptq-asym (--asym),
-gptq-actorder (--act-order), gptq-mix (--calib mix, the four-domain offline text); gptq-best combines the ones
-expected to help (mix + asym + mse 2.0). Each at every
+changing ONE thing from gptq-ours: gptq-mse (--mse 2.4: gptqmodel's shrunk-scale search; P from
+quality_mse_sweep.py), gptq-asym (--asym), gptq-actorder (--act-order), gptq-mix (--calib mix, the four-domain
+offline text); gptq-best combines the ones expected to help (mix + asym + mse 2.4). Each at every
 --groups size (nf4: bitsandbytes' block 64 only); calibrated rows once per --seeds seed, the others once.
 A row whose library is missing or refuses this model/device is recorded with the reason (`skipped`), and one that
 fails while being scored with its error (`error`), not dropped.
@@ -49,8 +49,8 @@ from compress.quantize import make_config, quantize
 from compress.quantize.budget import decoder_linears
 
 CANDIDATES = {  # one change each from gptq-ours (issue 16's open defaults), then the combination
-    "gptq-mse": dict(mse=2.0), "gptq-asym": dict(sym=False), "gptq-actorder": dict(act_order=True),
-    "gptq-mix": dict(calib="mix"), "gptq-best": dict(calib="mix", sym=False, mse=2.0),
+    "gptq-mse": dict(mse=2.4), "gptq-asym": dict(sym=False), "gptq-actorder": dict(act_order=True),
+    "gptq-mix": dict(calib="mix"), "gptq-best": dict(calib="mix", sym=False, mse=2.4),
 }
 CALIBRATED = {"gptq-gptqmodel", "gptq-ours", "budget", "autoround", "autoround-ours", *CANDIDATES}
 ALL_ROWS = ("bf16,rtn,gptq-gptqmodel,gptq-ours,budget,autoround,autoround-ours,nf4,hqq,torchao-int4,"
@@ -133,7 +133,7 @@ def run_row(row, group, seed, src, model_spec, tok, texts, kl_ids, source, args,
 
 
 def max_tokens(name: str, args) -> int | None:
-    """Tokens to score of text `name`: --max-tokens for WikiText-2, --heldout-max-tokens (else --max-tokens) for the rest."""
+    """Tokens of text `name` to score: --max-tokens for WikiText-2, --heldout-max-tokens (else --max-tokens) for others."""
     return args.max_tokens if name == "wikitext2-test" else (args.heldout_max_tokens or args.max_tokens)
 
 

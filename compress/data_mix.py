@@ -1,10 +1,11 @@
 """The `mix` data spec: a multi-domain calibration text built only from what ships with our dependencies.
 
 Calibrating GPTQ on one domain (the built-in Python docs) fits each layer's Hessian to that domain; on
-SmolLM2 it then lost to RTN on WikiText-2. `mix` spans four domains, all offline, each capped at
-`DOMAIN_CHARS` characters so no domain dominates:
+SmolLM2 it then lost to RTN on WikiText-2. `mix` spans four domains, all offline, of similar size so no
+domain dominates:
 
-- `docs`: the Python documentation topics inside every CPython (`pydoc_data.topics`, the `builtin` spec);
+- `docs`: the `builtin` spec as it is (the Python documentation topics inside every CPython, 465k characters),
+  whole documents, so a document `split_heldout` holds out of `builtin` is held out of `mix` too;
 - `code`: Python standard-library sources (`*.py` of the stdlib directory, sorted by name, the first
   `DOC_CHARS` characters of each);
 - `knowledge`: lm-eval's MMLU chain-of-thought few-shot prompts (57 subjects, from law to virology:
@@ -13,9 +14,9 @@ SmolLM2 it then lost to RTN on WikiText-2. `mix` spans four domains, all offline
   our direct dependencies, from their installed metadata (the first `DOC_CHARS` characters of each).
 
 Deterministic for a given environment: fixed sources, fixed order, fixed caps; the versions pinned in
-constraints.txt fix the `readmes` and `knowledge` text. Documents are cut into pieces of at most
-`PIECE_CHARS` characters at line ends (so `split_heldout`, which splits by document, holds out ~10% of
-every domain), and the four domains' pieces are interleaved round robin.
+constraints.txt fix the `readmes` and `knowledge` text. The other three domains are capped at `DOMAIN_CHARS`
+characters and cut into pieces of at most `PIECE_CHARS` characters at line ends (so `split_heldout`, which
+splits by document, holds out ~10% of each); the four domains' documents are interleaved round robin.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from compress.errors import CompressError
 
 MIX = "mix"
-DOMAIN_CHARS = 450_000  # per domain: ~110k SmolLM2 tokens of docs, so the mix holds > 128 blocks of 1024
+DOMAIN_CHARS = 450_000  # code, knowledge, readmes: about the size of docs (465k), so no domain dominates
 DOC_CHARS = 20_000  # per source file or README: many files rather than a few long ones (_pydecimal.py is 230k)
 PIECE_CHARS = 8_000  # documents are cut into pieces (at line ends) so the held-out split is fine-grained
 README_PACKAGES = ("torch", "transformers", "accelerate", "safetensors", "gptqmodel", "optimum", "bitsandbytes",
@@ -82,12 +83,13 @@ def package_readmes(names: tuple[str, ...] = README_PACKAGES) -> list[str]:
 
 
 def domains() -> dict[str, list[str]]:
-    """Each domain's documents, each domain capped at DOMAIN_CHARS characters."""
+    """Each domain's documents (see the module docstring)."""
     from compress.data import builtin_texts
 
-    raw = {"docs": builtin_texts(), "code": [t[:DOC_CHARS] for t in stdlib_sources(10 * DOMAIN_CHARS)],
-           "knowledge": mmlu_cot_prompts(), "readmes": [t[:DOC_CHARS] for t in package_readmes()]}
-    return {name: [p for d in _cap(docs, DOMAIN_CHARS) for p in _pieces(d, PIECE_CHARS)] for name, docs in raw.items()}
+    raw = {"code": [t[:DOC_CHARS] for t in stdlib_sources(10 * DOMAIN_CHARS)], "knowledge": mmlu_cot_prompts(),
+           "readmes": [t[:DOC_CHARS] for t in package_readmes()]}
+    cut = {name: [p for d in _cap(docs, DOMAIN_CHARS) for p in _pieces(d, PIECE_CHARS)] for name, docs in raw.items()}
+    return {"docs": builtin_texts()} | cut
 
 
 def mix_texts() -> list[str]:

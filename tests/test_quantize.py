@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -91,6 +92,10 @@ def test_compress_json_records_what_applied_and_the_defaults(tiny_artifacts):
     assert configs["gptq"]["backend"]["gptqmodel"]["damp_percent"] == 0.01
     assert configs["gptq"]["backend"]["gptqmodel"]["mse"] == 2.0
     assert "bits_budget" not in configs["gptq"]
+    train, _ = split_heldout(load_texts("mix"))  # the calibration blocks' fingerprint: gptq has one, rtn none
+    calib = token_blocks(load_tokenizer(tiny_artifacts["gptq"]), train, 16, 128, seed=0)
+    assert configs["gptq"]["calib_sha256"] == hashlib.sha256(calib.numpy().tobytes()).hexdigest()[:16]
+    assert "calib_sha256" not in configs["rtn"]
     for m, sym in (("gptq", False), ("rtn", True)):  # the checkpoint itself agrees with what compress.json records
         qc = json.loads((Path(tiny_artifacts[m]) / "config.json").read_text())["quantization_config"]
         assert (qc["bits"], qc["group_size"], qc["sym"]) == (4, 32, sym)

@@ -35,7 +35,7 @@ def artifacts(tmp_path_factory, tiny_model):
 def test_compress_json_records_what_applied(artifacts):
     meta = read_meta(artifacts["sym"])
     applied = {k: v for k, v in meta.config.items() if k not in ("backend", "device", "group_size_requested",
-                                                                  "group_size_note")}
+                                                                  "group_size_note", "calib_sha256")}
     assert applied == dict(method="autoround", bits=4, group_size=32, sym=True, calib="builtin", calib_samples=8,
                            calib_seqlen=64, seed=0, iters=2)  # no damp/act-order/budget/lr: they did not apply
     backend = meta.config["backend"]["auto_round"]

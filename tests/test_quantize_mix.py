@@ -11,10 +11,11 @@ from compress.data_mix import DOMAIN_CHARS, PIECE_CHARS, domains
 def test_mix_spans_four_domains_deterministically():
     parts = domains()
     assert set(parts) == {"docs", "code", "knowledge", "readmes"}
+    assert parts["docs"] == load_texts("builtin")  # whole documents: what builtin holds out, mix holds out
     for name, docs in parts.items():
         chars = sum(map(len, docs))
-        assert 150_000 <= chars <= DOMAIN_CHARS, (name, chars)  # no domain dominates or is a token gesture
-        assert max(map(len, docs)) <= PIECE_CHARS
+        assert 150_000 <= chars <= 1.05 * DOMAIN_CHARS, (name, chars)  # no domain dominates or is a token gesture
+        assert name == "docs" or max(map(len, docs)) <= PIECE_CHARS
     assert any("def " in d for d in parts["code"]) and any("Let's think step by step" in d for d in parts["knowledge"])
     mix = load_texts("mix")
     assert mix == load_texts("mix") and len(mix) == sum(map(len, parts.values()))

@@ -8,6 +8,7 @@ split → write `compress.json` → rename into place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -92,6 +93,8 @@ def quantize(model: str, cfg: QuantizeConfig, output: str | Path, overwrite: boo
         ppl = quality_check(reloaded, heldout_texts, tokenizer) if measure_quality else None
         del reloaded
         resolved = cfg.applied() | {"backend": _jsonable(extra), "device": device}
+        if calib_ids is not None:  # which tokens calibrated: `mix` and dataset specs can differ between environments
+            resolved["calib_sha256"] = hashlib.sha256(calib_ids.numpy().tobytes()).hexdigest()[:16]
         if group_choice is not None:  # the requested size and why it changed (compress.quantize.groups)
             resolved |= {"group_size_requested": group_choice.requested, "group_size_note": group_choice.note}
         metrics = dict(roundtrip)

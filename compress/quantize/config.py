@@ -48,8 +48,8 @@ APPLIES: dict[str, tuple[set[str], object]] = {
     "iters": ({"autoround"}, 200),  # auto-round's default tuning steps per decoder block
     "lr": ({"autoround"}, None),  # None: auto-round's own schedule (1/iters); recorded only when given
 }
-_FLAGS = {"group_size": "--group-size", "sym": "--sym/--asym", "act_order": "--act-order", "damp": "--damp", "mse": "--mse",
-          "calib": "--calib", "calib_samples": "--calib-samples", "calib_seqlen": "--calib-seqlen",
+_FLAGS = {"group_size": "--group-size", "sym": "--sym/--asym", "act_order": "--act-order", "damp": "--damp",
+          "mse": "--mse", "calib": "--calib", "calib_samples": "--calib-samples", "calib_seqlen": "--calib-seqlen",
           "seed": "--seed", "bits_budget": "--bits-budget", "iters": "--iters", "lr": "--lr"}
 _WHY = {"rtn": "rtn rounds each weight alone, with no calibration data",
         "gptq": "gptq solves each layer with its Hessian, with no tuning steps",
