@@ -147,7 +147,7 @@ def test_v2_label_on_v1_weights_is_caught(tiny_artifacts, tmp_path):
 def test_gptq_layer_error_below_rtn(tiny_artifacts, tiny_model, tokenizer):
     """Same layer, same calibration activations: GPTQ's output error ||(Ŵ − W) X|| is below RTN's."""
     source = load_causal_lm(str(tiny_model), device="cpu")
-    train, _ = split_heldout(load_texts())
+    train, _ = split_heldout(load_texts("mix"))  # gptq's default calibration
     calib = token_blocks(tokenizer, train, 16, 128, seed=0)  # what quantize() used (same defaults)
     inputs = []
     layer = source.model.layers[0].self_attn.q_proj  # layer 0 sees identical inputs in both runs
@@ -177,7 +177,7 @@ def test_mse_scale_search_reaches_gptqmodel_quantizer():
     w = torch.distributions.StudentT(3.0).sample((256, 32))  # [groups, group_size]: heavy tails, like trained weights
     err = {}
     for mse in (0.0, 2.0):
-        q = Quantizer(gm.QuantizeConfig(**backend_config(make_config(method="gptq", group_size=32, mse=mse))))
+        q = Quantizer(gm.QuantizeConfig(**backend_config(make_config(method="gptq", group_size=32, mse=mse, sym=True))))
         q.configure(perchannel=True)
         q.find_params(w, weight=True)
         err[mse] = ((fake_quant(w, q.scale, q.zero, q.maxq, False) - w) ** 2).sum().item()
@@ -187,14 +187,15 @@ def test_mse_scale_search_reaches_gptqmodel_quantizer():
 def test_mse_artifact_reloads_and_records_it(tiny_artifacts, tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    res = quantize(str(tiny_model), make_config(method="gptq", mse=2.0, **GPTQ_FAST), tmp_path / "mse", device="cpu",
-                   measure_quality=False)
-    meta = read_meta(res.output)
+    res = quantize(str(tiny_model), make_config(method="gptq", mse=0.0, **GPTQ_FAST), tmp_path / "max", device="cpu",
+                   measure_quality=False)  # the scale from each group's max; the tiny artifact took the default 2.0
+    meta = read_meta(tiny_artifacts["gptq"])
     assert meta.metrics["roundtrip_max_rel_logit_error"] < ROUNDTRIP_TOLERANCE  # reloads to what was quantized
     assert meta.config["mse"] == 2.0 and meta.config["backend"]["gptqmodel"]["mse"] == 2.0
+    assert read_meta(res.output).config["mse"] == 0.0 and "mse" not in read_meta(res.output).config["backend"]["gptqmodel"]
     key = "model.layers.0.self_attn.q_proj.scales"
     scales = {k: load_file(next(Path(a).glob("*.safetensors")))[key].float() for k, a in
-              (("mse", res.output), ("max", tiny_artifacts["gptq"]))}
+              (("mse", tiny_artifacts["gptq"]), ("max", res.output))}
     assert (scales["mse"] < scales["max"] - 1e-6).float().mean() > 0.2  # many groups took a shrunk scale
 
 
