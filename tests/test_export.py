@@ -248,3 +248,40 @@ def test_smollm2_export_round_trip(smol_gptq32, tmp_path):
     llm = _llama_cpp_run(out)
     _check_tokenizer(llm, tok)
     _assert_close(_llama_cpp_logits(llm, ids), reference, LLAMA_CPP_MAX_ERR["smol"])
+
+
+def _gguf_special_ids(path: Path) -> dict[str, int]:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    return {k: int(fields[f"tokenizer.ggml.{k}_token_id"].contents()) for k in ("bos", "eos")
+            if f"tokenizer.ggml.{k}_token_id" in fields}
+
+
+def test_export_eos_is_the_one_generation_stops_on(tiny_model, tmp_path):
+    """A tokenizer whose eos disagrees with generation_config.json (what generation stops on): the GGUF gets
+    generation_config's, which llama.cpp then stops on; where the two agree, nothing changes."""
+    tok = load_tokenizer(tiny_model)
+    model = Path(shutil.copytree(tiny_model, tmp_path / "m"))
+    other = next(i for i in range(5) if i != tok.eos_token_id)
+    for named, want in ((other, other), ([tok.eos_token_id, other], tok.eos_token_id)):
+        (model / "generation_config.json").write_text(json.dumps({"eos_token_id": named}))
+        out = export_gguf(model, tmp_path / f"m-{want}.gguf").output
+        assert _gguf_special_ids(Path(out))["eos"] == want
+
+
+@pytest.mark.slow
+def test_smollm2_conversion_keeps_the_sources_eos(smollm2_gguf, tmp_path):
+    """The cached HF conversion of the SmolLM2 GGUF said eos = 1 (`<|im_start|>`, transformers' GGUF tokenizer),
+    its generation_config 2 (`<|im_end|>`), so its F16 export wrote eos = 1 and llama.cpp never stopped at the
+    end of a turn. Now the conversion takes the GGUF's own special ids and the export keeps them."""
+    from compress.models import checkpoint_dir, resolve
+
+    converted = Path(checkpoint_dir(resolve(str(smollm2_gguf))))
+    tok = load_tokenizer(converted)
+    generation = json.loads((converted / "generation_config.json").read_text())
+    assert (tok.bos_token_id, tok.eos_token_id, generation["eos_token_id"]) == (1, 2, 2)
+    assert tok.convert_ids_to_tokens(2) == "<|im_end|>"
+    assert _gguf_special_ids(smollm2_gguf) == {"bos": 1, "eos": 2}
+    out = export_gguf(converted, tmp_path / "smol-f16.gguf")
+    assert out.file_type == "F16" and _gguf_special_ids(Path(out.output)) == {"bos": 1, "eos": 2}

@@ -166,3 +166,45 @@ def test_bad_runtime_and_gguf_are_one_line_errors(tier, manifest, tmp_path):
     assert r.returncode != 0 and "benches .gguf files" in r.stderr and "Traceback" not in r.stderr
     r = _compress("bench", str(gguf), "--runtime", "onnx", "-o", str(tmp_path / "b.json"))
     assert r.returncode != 0 and "runtime" in r.stderr and "Traceback" not in r.stderr
+
+
+def _recipe(tmp_path, model, runtime):
+    doc = {
+        "schema_version": 1, "name": "tiny-llamacpp", "model": str(model), "device": "cpu",
+        "output": str(tmp_path / "out"),
+        "tiers": [{"name": "source"},
+                  {"name": "rtn", "quantize": {"method": "rtn", "bits": 4, "group_size": 32}, "runtime": runtime}],
+        "eval": {"perplexity": ["builtin"], "context_len": 64, "max_tokens": 128},
+        "bench": {"batch_sizes": [1], "prompt_len": 8, "gen_len": 4, "repeats": 1, "warmup": 0},
+        "price_per_hour": 0.1,
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_recipe_runtime_is_validated(tmp_path, tiny_model):
+    from compress.recipe import load_recipe
+
+    with pytest.raises(CompressError) as e:
+        load_recipe(_recipe(tmp_path, tiny_model, "vllm"))
+    assert "runtime" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_recipe_tier_on_llamacpp_is_exported_benched_and_costed(tmp_path, tiny_model):
+    """`runtime: llamacpp` in a recipe: the tier is exported to GGUF, benched on llama.cpp, and the manifest serves
+    and costs it from that bench; the source tier stays on torch."""
+    pytest.importorskip("llama_cpp", reason=SKIP)
+    from compress.pipeline import run_recipe
+    from compress.recipe import load_recipe
+
+    result = run_recipe(load_recipe(_recipe(tmp_path, tiny_model, "llamacpp")), log=lambda m: None)
+    assert "export:rtn" in result.built
+    rtn = result.output / "tiers" / "rtn"
+    bench = json.loads((rtn / "bench.json").read_text())
+    assert bench["config"]["runtime"] == "llamacpp" and bench["models"][0]["path"] == str((rtn / "model.gguf").resolve())
+    m = load_manifest(result.manifest)
+    assert (m.tier("rtn").runtime, m.tier("rtn").gguf) == ("llamacpp", str((rtn / "model.gguf").resolve()))
+    assert m.tier("rtn").cost_source == "measured" and m.tier("source").runtime == "torch"
+    assert m.tier("rtn").quality.perplexity is not None  # the artifact's eval: the same weights as the GGUF

@@ -27,12 +27,12 @@ class _Tokens:
         return {"input_ids": self.model.tokenize(text)}
 
 
-def check_runtime() -> str:
+def check_runtime(what: str = "--runtime llamacpp") -> str:
     """llama-cpp-python's version, or one CompressError line saying how to get it."""
     try:
         import llama_cpp
     except ImportError:
-        raise CompressError("--runtime llamacpp needs llama-cpp-python: `make llamacpp` builds it") from None
+        raise CompressError(f"{what} needs llama-cpp-python, which is not installed: `make llamacpp` builds it") from None
     return llama_cpp.__version__
 
 
