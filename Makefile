@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 # llama.cpp: llama-cpp-python built from source, for tiers served with `runtime: llamacpp` (compress manifest --gguf),
 # `compress bench --runtime llamacpp`, their tests and the llama.cpp rows of benchmarks/cpu_*. `make setup` builds it
-# unless LLAMACPP=0 (BUILD_TIME_NOTE); best effort there: a build or smoke run that fails
+# unless LLAMACPP=0: 275 s measured on 2 idle cores (issue 15); 18.8 min on 2 cores loaded by other jobs (load 6-7),
+# 756 CPU-seconds, i.e. ~6.3 min if it had both cores (2026-11-30). Best effort there: a build or smoke run that fails
 # uninstalls it and prints one warning line (the log: .venv/llamacpp-build.log); the tests that need it then skip and
 # say why, and setup still succeeds. `make llamacpp` (re)builds it and fails loudly.
 # AMX off: GGML_NATIVE builds with -march=native, which turns on AMX on CPUs that report it; where the OS or a

@@ -191,12 +191,18 @@ def main() -> None:
         "started_at": started, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": lscpu_flags(), "load_average_1min": loads, "python": platform.python_version(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "llama_cpp_python": llama_version},
+                     "llama_cpp_python": llama_version, "compress_commit": _commit()},
         "inputs": {"source": args.source, "int8": args.int8, "int4": args.int4, "gguf": args.gguf,
                    "engine": args.engine},
         "cells": cells,
     }
     write_json(args.out, result)
+
+
+def _commit() -> str | None:
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.abspath(__file__)))
+    return r.stdout.strip() or None
 
 
 def write_json(path: str, result: dict) -> None:

@@ -131,6 +131,20 @@ def test_openai_client_greedy_equals_llama_cpp_alone(server, alone):
         assert chunks[-1].finish_reason == "length"
 
 
+def test_engine_process_serves_the_llamacpp_tier(manifest, alone, tmp_path):
+    """`--engine-process`: the llama.cpp tier's engine in a child process answers as the thread one does."""
+    tok, ref = alone
+    s = Server(manifest, "--engine-process", "--cache-ttl", "0", log=tmp_path / "server.log")
+    try:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        ids, new = next(iter(ref.values()))
+        r = client.completions.create(model="q4", prompt=ids, max_tokens=NEW, temperature=0,
+                                      extra_body={"ignore_eos": True})
+        assert r.choices[0].text == tok.decode(new, skip_special_tokens=True)
+    finally:
+        assert s.stop() == 0
+
+
 def test_metrics_count_each_tier_apart(server, alone):
     tok, ref = alone
     before = httpx.get(server.url + "/metrics").text
@@ -208,3 +222,8 @@ def test_recipe_tier_on_llamacpp_is_exported_benched_and_costed(tmp_path, tiny_m
     assert (m.tier("rtn").runtime, m.tier("rtn").gguf) == ("llamacpp", str((rtn / "model.gguf").resolve()))
     assert m.tier("rtn").cost_source == "measured" and m.tier("source").runtime == "torch"
     assert m.tier("rtn").quality.perplexity is not None  # the artifact's eval: the same weights as the GGUF
+    from compress.report import collect
+
+    models = collect([rtn / "eval.json"], [rtn / "bench.json"])  # the report: one row, quality beside speed
+    assert list(models) == [str(rtn.resolve())] and models[str(rtn.resolve())]["metrics"]
+    assert models[str(rtn.resolve())]["bench"][1]["decode_tok_s"]["median"] > 0

@@ -55,12 +55,20 @@ def measure_gguf(spec: str, cfg) -> dict:
     rows = [_measure_batch(model, prompts(tok, b, cfg.prompt_len).tolist(), cfg) for b in cfg.batch_sizes]
     return {
         "spec": spec, "kind": "gguf", "path": str(path.resolve()), "method": "gguf", "runtime": "llamacpp",
+        "artifact": _artifact_of(path),
         "size_bytes": path.stat().st_size, "params": None, "load_s": round(load_s, 3),
         "peak_rss_after_load_bytes": rss_after_load, "torch_threads": threads,
         "decode_path": {"runtime": "llamacpp", "device": "cpu", "loader": "llama-cpp-python " + version,
                         "decoder": "llama_decode per step, greedy", "threads": threads, "cache": "unified KV"},
         "batches": rows,
     }
+
+
+def _artifact_of(gguf: Path) -> str | None:
+    """The artifact folder a GGUF sits in (a recipe's tiers/<name>/model.gguf), so the report puts its speed beside
+    that tier's quality; None for a file elsewhere."""
+    parent = gguf.resolve().parent
+    return str(parent) if (parent / "config.json").is_file() else None
 
 
 def _measure_batch(model, ids: list[list[int]], cfg) -> dict:
