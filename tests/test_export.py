@@ -152,6 +152,26 @@ def test_tiny_dense_and_int8_round_trip(tiny_model, tmp_path):
     assert relative_error(_gguf_transformers_logits(tmp_path / "int8.gguf", ids), logits(in_artifact, ids)) < 0.02
 
 
+def test_dense_type_q8_0_requantizes_only_the_dense_matrices_and_says_so(tiny_rtn, tmp_path):
+    """--dense-type q8_0: a GPTQ tier's embedding (tied output head) becomes Q8_0 like llama.cpp's own Q4_0 has it;
+    the int4 layers stay bit for bit; the change is reported and bounded by Q8_0's half step."""
+    from gguf import GGUFReader
+
+    out = tmp_path / "q8emb.gguf"
+    result = export_gguf(tiny_rtn["sym"], out, dense_type="q8_0")
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(out)).tensors}
+    assert types["token_embd.weight"] == "Q8_0" and result.file_type == "Q4_0"
+    assert {v for k, v in types.items() if k.startswith("blk.")} == {"Q4_0", "F32"}  # int4 layers and norms
+    embed = dequantized_reference(tiny_rtn["sym"]).model.embed_tokens.weight
+    assert 0 < result.max_abs_weight_change <= embed.abs().max().item() / 127 / 2 * 1.01
+    assert any("re-quantized to Q8_0" in n for n in result.notes)
+    ids = probe_ids(load_tokenizer(tiny_rtn["sym"]))
+    reference = logits(dequantized_reference(tiny_rtn["sym"]), ids)
+    assert 0 < relative_error(_gguf_transformers_logits(out, ids), reference) < 0.01
+    with pytest.raises(CompressError, match="dense type"):
+        export_gguf(tiny_rtn["sym"], tmp_path / "bad.gguf", dense_type="q4_k")
+
+
 @pytest.mark.parametrize("kind", ["sym", "asym", "dense"])
 def test_tiny_export_runs_in_llama_cpp(tiny_rtn, tiny_model, kind, tmp_path):
     """Q4_0 (RTN sym), Q4_1 (asym) and F32 (the dense model) exports: llama.cpp loads them, tokenizes like the HF

@@ -119,13 +119,12 @@ class LlamaCppModel:
     def eos_ids(self) -> set[int]:
         return {t for t in range(self.n_vocab) if self.L.llama_vocab_is_eog(self.vocab, t)}
 
-    def greedy(self, prompts: list[list[int]], new: int, clock=None) -> tuple[list[list[int]], list[float]]:
+    def greedy(self, prompts: list[list[int]], new: int) -> tuple[list[list[int]], list[float]]:
         """Exactly `new` greedy tokens (no end-of-generation check) for each prompt, the prompts prefilled in one
         llama_decode (sequence ids 0..len-1, cleared first), then one llama_decode per step for all of them;
-        the time after the prefill and after each step (`clock`, default time.perf_counter). For benchmarks."""
-        import time
+        time.perf_counter() after the prefill and after each step. For benchmarks."""
+        from time import perf_counter as clock
 
-        clock = clock or time.perf_counter
         if len(prompts) > self.max_batch:
             raise CompressError(f"{len(prompts)} prompts for a context of {self.max_batch} sequences")
         for sid in range(len(prompts)):
