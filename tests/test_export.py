@@ -154,7 +154,8 @@ def test_tiny_dense_and_int8_round_trip(tiny_model, tmp_path):
 
 def test_dense_type_q8_0_requantizes_only_the_dense_matrices_and_says_so(tiny_rtn, tmp_path):
     """--dense-type q8_0: a GPTQ tier's embedding (tied output head) becomes Q8_0 like llama.cpp's own Q4_0 has it;
-    the int4 layers stay bit for bit; the change is reported and bounded by Q8_0's half step."""
+    the int4 layers stay bit for bit; the change is reported and bounded by Q8_0's half step plus the fp16 rounding
+    of the block scale (up to 127 steps × 2^-11)."""
     from gguf import GGUFReader
 
     out = tmp_path / "q8emb.gguf"
@@ -163,7 +164,8 @@ def test_dense_type_q8_0_requantizes_only_the_dense_matrices_and_says_so(tiny_rt
     assert types["token_embd.weight"] == "Q8_0" and result.file_type == "Q4_0"
     assert {v for k, v in types.items() if k.startswith("blk.")} == {"Q4_0", "F32"}  # int4 layers and norms
     embed = dequantized_reference(tiny_rtn["sym"]).model.embed_tokens.weight
-    assert 0 < result.max_abs_weight_change <= embed.abs().max().item() / 127 / 2 * 1.01
+    step = embed.abs().max().item() / 127
+    assert 0 < result.max_abs_weight_change <= step * (0.5 + 127 / 2048)
     assert any("re-quantized to Q8_0" in n for n in result.notes)
     ids = probe_ids(load_tokenizer(tiny_rtn["sym"]))
     reference = logits(dequantized_reference(tiny_rtn["sym"]), ids)
