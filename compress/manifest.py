@@ -15,6 +15,12 @@ read as before.
 The manifest may also state service-level objectives per traffic class (`slo: {interactive: {p95_s:
 2.0}, batch: {p95_s: 60}}`): end-to-end p95 targets that `compress serve` keeps (its flags override).
 
+A local tier runs on our PyTorch engine (`runtime: torch`, the default) or on llama.cpp (`runtime: llamacpp`,
+with `gguf:` the tier's `compress export --format gguf` file; `compress manifest --gguf NAME=FILE` sets both):
+the server's scheduling, metrics, cache and SLO are the same for both; only the model step differs. A llama.cpp
+tier's speed comes from a `bench.json` measured with `compress bench FILE.gguf --runtime llamacpp`; a bench of
+the other runtime is not its speed, so then it stays unknown.
+
 `build_manifest` makes one from model paths; `load_manifest` reads and validates one (unknown keys,
 unknown schema_version and missing artifacts are one-line CompressErrors).
 """
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compress.errors import CompressError
 from compress.formats import StrictModel as _Strict, check_version, read_yaml_mapping, validate
@@ -64,13 +70,25 @@ class _TierBase(_Strict):
     cost_source: Literal["measured", "manual"] | None = None
 
 
+Runtime = Literal["torch", "llamacpp"]  # what computes a local tier's steps (compress.serve.engine.load_engine)
+
+
 class LocalTier(_TierBase):
     kind: Literal["local"] = "local"
-    path: str
+    path: str  # the artifact: tokenizer, method, quality (and the weights, for runtime torch)
     method: str  # quantization/distillation method from compress.json, or "source"
+    runtime: Runtime = "torch"
+    gguf: str | None = None  # runtime llamacpp: the GGUF export of `path` that llama.cpp runs
     quality: Quality = Quality()
     performance: Performance = Performance()
-    size_bytes: int | None = None
+    size_bytes: int | None = None  # of what runs: the GGUF for runtime llamacpp
+
+    @model_validator(mode="after")
+    def _runtime_file(self) -> "LocalTier":
+        if (self.runtime == "llamacpp") != (self.gguf is not None):
+            raise ValueError(f"tier {self.name!r}: runtime llamacpp needs gguf: FILE (and gguf: needs runtime "
+                             "llamacpp)")
+        return self
 
 
 class RemoteTier(_TierBase):
@@ -186,12 +204,16 @@ def read_quality(directory: Path) -> Quality:
     return Quality()
 
 
-def read_performance(directory: Path) -> Performance:
+def read_performance(directory: Path, runtime: str = "torch") -> Performance:
+    """Speed from `bench.json` in `directory`; unknown when it measured another runtime than the tier's."""
     raw = _read_json(directory / BENCH_FILE)
     if raw is None:
         return Performance()
     if raw.get("kind") == "bench":  # the layout `compress bench` writes: first model, per batch size
-        return _bench_performance(directory / BENCH_FILE)
+        measured = (raw.get("config") or {}).get("runtime", "torch")
+        return _bench_performance(directory / BENCH_FILE) if measured == runtime else Performance()
+    if runtime != "torch":  # a hand-written file does not say which runtime it timed
+        return Performance()
     flat = {**raw, **(raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {})}
     mem = _first(flat, "memory_bytes", "peak_memory_bytes", "peak_mem_bytes")
     device = flat.get("device") if isinstance(flat.get("device"), str) else None
@@ -235,7 +257,9 @@ def cost_per_1k(price_per_hour: float | None, tokens_per_s: float | None) -> flo
 # ---------------------------------------------------------------- building
 
 
-def _local_tier(name: str, spec: str, price_gpu: float | None, price_cpu: float | None) -> LocalTier:
+def _local_tier(name: str, spec: str, price_gpu: float | None, price_cpu: float | None,
+                gguf: str | None = None) -> LocalTier:
+    """A local tier from its artifact; with `gguf`, run by llama.cpp from that export of it."""
     from compress.artifacts import METADATA_FILE, dir_size_bytes, read_meta
     from compress.models import checkpoint_dir, resolve
 
@@ -244,12 +268,27 @@ def _local_tier(name: str, spec: str, price_gpu: float | None, price_cpu: float 
         raise CompressError(f"{spec}: a tier must be a local checkpoint, artifact or .gguf (or a remote URL)")
     directory = Path(checkpoint_dir(ref))
     method = read_meta(directory).method if (directory / METADATA_FILE).is_file() else "source"
-    perf = read_performance(directory)
+    runtime = "llamacpp" if gguf is not None else "torch"
+    if gguf is not None:
+        gguf = str(check_gguf(gguf, f"--gguf {name}"))
+    perf = read_performance(directory, runtime)
     price = price_gpu if (perf.device or "").startswith("cuda") else price_cpu
     cost = cost_per_1k(price, perf.throughput_tokens_per_s)
-    return LocalTier(name=name, path=str(directory), method=method, quality=read_quality(directory),
-                     performance=perf, size_bytes=dir_size_bytes(directory), cost_per_1k_tokens=cost,
+    size = Path(gguf).stat().st_size if gguf is not None else dir_size_bytes(directory)
+    return LocalTier(name=name, path=str(directory), method=method, runtime=runtime, gguf=gguf,
+                     quality=read_quality(directory), performance=perf, size_bytes=size, cost_per_1k_tokens=cost,
                      cost_source="measured" if cost is not None else None)
+
+
+def check_gguf(path: str | Path, where: str) -> Path:
+    """`path` as an absolute path if it is a GGUF file (by its magic bytes), else one CompressError line."""
+    p = Path(path)
+    if not p.is_file():
+        raise CompressError(f"{where}: GGUF file not found at {p}")
+    with open(p, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise CompressError(f"{where}: {p} is not a GGUF file")
+    return p.resolve()
 
 
 def _split_pairs(pairs: list[str], what: str) -> dict[str, str]:
@@ -265,16 +304,18 @@ def _split_pairs(pairs: list[str], what: str) -> dict[str, str]:
 def build_manifest(models: list[str], *, names: list[str] = (), costs: list[str] = (), api_key_envs: list[str] = (),
                    price_per_gpu_hour: float | None = None, price_per_cpu_hour: float | None = None,
                    currency: str = "USD", slos: list[str] = (), router: str | Path | None = None,
-                   evals: list[str] = ()) -> Manifest:
+                   evals: list[str] = (), ggufs: list[str] = ()) -> Manifest:
     """One tier per MODEL (a checkpoint/artifact dir, a .gguf, or `URL#MODEL_ID` for a remote
     OpenAI-compatible endpoint), ordered cheapest first (unknown cost last, then by size); `router`:
     a router.json for `auto` (its tiers must be among these); `evals`: NAME=FILE, a tier's quality from an
-    eval JSON (how a remote tier gets one: `compress eval URL#MODEL --output FILE`)."""
+    eval JSON (how a remote tier gets one: `compress eval URL#MODEL --output FILE`); `ggufs`: NAME=FILE, the tier
+    runs on llama.cpp from FILE, a `compress export --format gguf` of its artifact."""
     if not models:
         raise CompressError("give at least one model, artifact or remote URL#MODEL")
     name_of = {v: k for k, v in _split_pairs(list(names), "--name").items()}
     manual_cost = _split_pairs(list(costs), "--cost")
     key_env = _split_pairs(list(api_key_envs), "--api-key-env")
+    gguf_of = _split_pairs(list(ggufs), "--gguf")
     tiers: list[LocalTier | RemoteTier] = []
     for spec in models:
         if spec.startswith(("http://", "https://")):
@@ -285,7 +326,7 @@ def build_manifest(models: list[str], *, names: list[str] = (), costs: list[str]
             tiers.append(RemoteTier(name=name, url=url.rstrip("/"), model=model, api_key_env=key_env.get(name)))
         else:
             name = name_of.get(spec) or Path(spec.rstrip("/")).name.removesuffix(".gguf")
-            tiers.append(_local_tier(name, spec, price_per_gpu_hour, price_per_cpu_hour))
+            tiers.append(_local_tier(name, spec, price_per_gpu_hour, price_per_cpu_hour, gguf_of.pop(name, None)))
     for t in tiers:
         if t.name in manual_cost:
             try:
@@ -295,6 +336,8 @@ def build_manifest(models: list[str], *, names: list[str] = (), costs: list[str]
     unknown = set(manual_cost) - {t.name for t in tiers}
     if unknown:
         raise CompressError(f"--cost names unknown tier(s): {', '.join(sorted(unknown))}")
+    if gguf_of:
+        raise CompressError(f"--gguf names unknown or remote tier(s): {', '.join(sorted(gguf_of))}")
     eval_files = _split_pairs(list(evals), "--eval")
     unknown = set(eval_files) - {t.name for t in tiers}
     if unknown:
@@ -359,4 +402,6 @@ def load_manifest(path: str | Path) -> Manifest:
     for t in m.tiers:
         if isinstance(t, LocalTier) and not (Path(t.path) / "config.json").is_file():
             raise CompressError(f"{path}: tier {t.name!r}: artifact not found at {t.path}")
+        if isinstance(t, LocalTier) and t.gguf is not None:
+            t.gguf = str(check_gguf(path.parent / t.gguf, f"{path}: tier {t.name!r}"))
     return m

@@ -124,10 +124,15 @@ def checkpoint_dir(ref: ModelRef) -> str:
     return str(_converted_gguf(Path(ref.path)))
 
 
+# Bumped when a conversion's output changes, so older cached conversions are not reused (2: special tokens
+# from the GGUF's own ids; transformers' GGUF tokenizer took bos for eos on SmolLM2).
+_CONVERSION = 2
+
+
 def _converted_gguf(gguf: Path) -> Path:
     from compress.artifacts import atomic_dir
 
-    target = cache_dir() / "gguf" / f"{gguf.stem}-{sha256_file(gguf)[:16]}"
+    target = cache_dir() / "gguf" / f"{gguf.stem}-{sha256_file(gguf)[:16]}-c{_CONVERSION}"
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -137,6 +142,7 @@ def _converted_gguf(gguf: Path) -> Path:
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
         )
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _gguf_special_tokens(tok, gguf)
     except Exception as e:  # noqa: BLE001 - any parse failure means "not a usable GGUF model"
         raise CompressError(f"{gguf}: cannot load as a GGUF causal LM: {_first_line(e)}") from e
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config.
@@ -150,6 +156,22 @@ def _converted_gguf(gguf: Path) -> Path:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return target
+
+
+def _gguf_special_tokens(tok, gguf: Path) -> None:
+    """Set the tokenizer's bos/eos/pad/unk to the ids the GGUF names (`tokenizer.ggml.*_token_id`), as llama.cpp
+    reads them: transformers' GGUF tokenizer set eos = `<|im_start|>` (the bos) for SmolLM2, whose GGUF and
+    generation config say `<|im_end|>`."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+    for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")):
+        field = fields.get(f"tokenizer.ggml.{key}_token_id")
+        if field is None:
+            continue
+        token = tok.convert_ids_to_tokens(int(field.contents()))
+        if token is not None:
+            setattr(tok, f"{role}_token", token)
 
 
 def read_config(ref: ModelRef) -> dict:

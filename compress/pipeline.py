@@ -3,6 +3,7 @@
 Layout of the output directory:
     tiers/<name>/           the tier's model (an artifact; the source tier is a plain checkpoint copy)
     tiers/<name>/eval.json  compress eval result      tiers/<name>/bench.json  compress bench result
+    tiers/<name>/model.gguf a `runtime: llamacpp` tier's GGUF export (what llama.cpp serves and bench times)
     tiers.yaml              the tier manifest (compress serve reads it)
     report.html             quality vs latency vs size vs cost, with each gate's pass or fail
     gates.json              every gate check;  run-state.json  what each finished step was built from
@@ -29,6 +30,7 @@ from compress.models import checkpoint_dir, resolve
 from compress.recipe import Recipe, TierSpec
 
 STATE_FILE = "run-state.json"
+GGUF_FILE = "model.gguf"  # inside a runtime-llamacpp tier's folder
 
 
 @dataclass
@@ -55,6 +57,11 @@ def run_recipe(recipe: Recipe, output: str | Path | None = None, log: Callable[[
     state_path = out / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     resolve(recipe.model)  # a bad model fails before any work
+    for t in recipe.tiers:
+        if t.runtime == "llamacpp":  # llama-cpp-python missing: one line now, not after the tiers are built
+            from compress.bench.llamacpp import check_runtime
+
+            check_runtime(f"tier {t.name} (runtime: llamacpp)")
     device = recipe.device
     result = RunResult(out, out / "tiers.yaml", out / "report.html", [])
     tier_hash: dict[str, str] = {}
@@ -82,17 +89,21 @@ def run_recipe(recipe: Recipe, output: str | Path | None = None, log: Callable[[
         ev = recipe.eval.model_copy(update={"device": device})
         step(f"eval:{tier.name}", _hash(h, ev.model_dump()), tdir / "eval.json",
              lambda: _eval(tdir, ev), f"eval {tier.name}")
+        gguf = tdir / GGUF_FILE if tier.runtime == "llamacpp" else None
+        if gguf is not None:
+            step(f"export:{tier.name}", h, gguf, lambda: _export(tdir, gguf), f"export {tier.name} to GGUF")
         if recipe.bench is not None:
             bc = recipe.bench.model_copy(update={"device": device})
             step(f"bench:{tier.name}", _hash(h, bc.model_dump()), tdir / "bench.json",
-                 lambda: _bench(tdir, bc), f"bench {tier.name}")
+                 lambda: _bench(tdir, bc, gguf), f"bench {tier.name}" + (" on llama.cpp" if gguf else ""))
 
     from compress.manifest import build_manifest, write_manifest
 
     paths = [str(tier_dir(out, t.name)) for t in recipe.tiers]
     names = [f"{t.name}={p}" for t, p in zip(recipe.tiers, paths)]
+    ggufs = [f"{t.name}={tier_dir(out, t.name) / GGUF_FILE}" for t in recipe.tiers if t.runtime == "llamacpp"]
     manifest = build_manifest(paths, names=names, price_per_gpu_hour=recipe.price_per_hour,
-                              price_per_cpu_hour=recipe.price_per_hour)
+                              price_per_cpu_hour=recipe.price_per_hour, ggufs=ggufs)
     write_manifest(manifest, result.manifest)
     result.gates = check_gates(out, recipe)
     (out / "gates.json").write_text(json.dumps([g.to_dict() for g in result.gates], indent=2) + "\n")
@@ -134,11 +145,20 @@ def _eval(tdir: Path, cfg) -> None:
     write_json_atomic(tdir / "eval.json", evaluate(str(tdir), cfg).model_dump(mode="json"))
 
 
-def _bench(tdir: Path, cfg) -> None:
+def _export(tdir: Path, gguf: Path) -> None:
+    from compress.export import export_gguf
+
+    export_gguf(tdir, gguf, overwrite=True)
+
+
+def _bench(tdir: Path, cfg, gguf: Path | None = None) -> None:
+    """The tier's bench.json: its checkpoint on our engine, or its GGUF on llama.cpp (runtime llamacpp)."""
     from compress.bench.run import bench
     from compress.evaluate.results import write_json_atomic
 
-    write_json_atomic(tdir / "bench.json", bench([str(tdir)], cfg))
+    if gguf is not None:
+        cfg = cfg.model_copy(update={"runtime": "llamacpp", "decoder": "auto"})
+    write_json_atomic(tdir / "bench.json", bench([str(gguf or tdir)], cfg))
 
 
 def _report(recipe: Recipe, out: Path, paths: list[str], gates: list[GateCheck], dest: Path, manifest) -> None:

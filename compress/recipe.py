@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -44,6 +44,9 @@ class TierSpec(_Strict):
     from_: str | None = Field(None, alias="from")  # another tier's name; None = the recipe's model
     quantize: QuantizeConfig | None = None
     distill: dict[str, Any] | None = None  # compress.distill.DistillConfig fields (teacher/output filled in)
+    # What serves (and benches) the tier: our PyTorch engine, or llama.cpp running its `compress export` GGUF
+    # (tiers/<name>/model.gguf) behind the same engine front end; llamacpp needs llama-cpp-python.
+    runtime: Literal["torch", "llamacpp"] = "torch"
 
     @field_validator("name")
     @classmethod

@@ -59,7 +59,7 @@ def collect(eval_files: list, bench_files: list) -> dict[str, dict]:
     for f in bench_files:
         b = load_bench(f)
         for m in b["models"]:
-            key = m["path"]
+            key = m.get("artifact") or m["path"]  # a tier's GGUF on llama.cpp: beside its artifact's quality
             if key in benched:  # the same model in another bench run (e.g. another decoder): its own row
                 key = f"{m['path']}#{Path(f).stem}"
                 entry(key, m["spec"])["label"] = f"{_label(m['spec'], m['path'])} [{Path(f).stem}]"

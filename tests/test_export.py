@@ -152,6 +152,28 @@ def test_tiny_dense_and_int8_round_trip(tiny_model, tmp_path):
     assert relative_error(_gguf_transformers_logits(tmp_path / "int8.gguf", ids), logits(in_artifact, ids)) < 0.02
 
 
+def test_dense_type_q8_0_requantizes_only_the_dense_matrices_and_says_so(tiny_rtn, tmp_path):
+    """--dense-type q8_0: a GPTQ tier's embedding (tied output head) becomes Q8_0 like llama.cpp's own Q4_0 has it;
+    the int4 layers stay bit for bit; the change is reported and bounded by Q8_0's half step plus the fp16 rounding
+    of the block scale (up to 127 steps × 2^-11)."""
+    from gguf import GGUFReader
+
+    out = tmp_path / "q8emb.gguf"
+    result = export_gguf(tiny_rtn["sym"], out, dense_type="q8_0")
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(out)).tensors}
+    assert types["token_embd.weight"] == "Q8_0" and result.file_type == "Q4_0"
+    assert {v for k, v in types.items() if k.startswith("blk.")} == {"Q4_0", "F32"}  # int4 layers and norms
+    embed = dequantized_reference(tiny_rtn["sym"]).model.embed_tokens.weight
+    step = embed.abs().max().item() / 127
+    assert 0 < result.max_abs_weight_change <= step * (0.5 + 127 / 2048)
+    assert any("re-quantized to Q8_0" in n for n in result.notes)
+    ids = probe_ids(load_tokenizer(tiny_rtn["sym"]))
+    reference = logits(dequantized_reference(tiny_rtn["sym"]), ids)
+    assert 0 < relative_error(_gguf_transformers_logits(out, ids), reference) < 0.01
+    with pytest.raises(CompressError, match="dense type"):
+        export_gguf(tiny_rtn["sym"], tmp_path / "bad.gguf", dense_type="q4_k")
+
+
 @pytest.mark.parametrize("kind", ["sym", "asym", "dense"])
 def test_tiny_export_runs_in_llama_cpp(tiny_rtn, tiny_model, kind, tmp_path):
     """Q4_0 (RTN sym), Q4_1 (asym) and F32 (the dense model) exports: llama.cpp loads them, tokenizes like the HF
@@ -248,3 +270,40 @@ def test_smollm2_export_round_trip(smol_gptq32, tmp_path):
     llm = _llama_cpp_run(out)
     _check_tokenizer(llm, tok)
     _assert_close(_llama_cpp_logits(llm, ids), reference, LLAMA_CPP_MAX_ERR["smol"])
+
+
+def _gguf_special_ids(path: Path) -> dict[str, int]:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    return {k: int(fields[f"tokenizer.ggml.{k}_token_id"].contents()) for k in ("bos", "eos")
+            if f"tokenizer.ggml.{k}_token_id" in fields}
+
+
+def test_export_eos_is_the_one_generation_stops_on(tiny_model, tmp_path):
+    """A tokenizer whose eos disagrees with generation_config.json (what generation stops on): the GGUF gets
+    generation_config's, which llama.cpp then stops on; where the two agree, nothing changes."""
+    tok = load_tokenizer(tiny_model)
+    model = Path(shutil.copytree(tiny_model, tmp_path / "m"))
+    other = next(i for i in range(5) if i != tok.eos_token_id)
+    for named, want in ((other, other), ([tok.eos_token_id, other], tok.eos_token_id)):
+        (model / "generation_config.json").write_text(json.dumps({"eos_token_id": named}))
+        out = export_gguf(model, tmp_path / f"m-{want}.gguf").output
+        assert _gguf_special_ids(Path(out))["eos"] == want
+
+
+@pytest.mark.slow
+def test_smollm2_conversion_keeps_the_sources_eos(smollm2_gguf, tmp_path):
+    """The cached HF conversion of the SmolLM2 GGUF said eos = 1 (`<|im_start|>`, transformers' GGUF tokenizer),
+    its generation_config 2 (`<|im_end|>`), so its F16 export wrote eos = 1 and llama.cpp never stopped at the
+    end of a turn. Now the conversion takes the GGUF's own special ids and the export keeps them."""
+    from compress.models import checkpoint_dir, resolve
+
+    converted = Path(checkpoint_dir(resolve(str(smollm2_gguf))))
+    tok = load_tokenizer(converted)
+    generation = json.loads((converted / "generation_config.json").read_text())
+    assert (tok.bos_token_id, tok.eos_token_id, generation["eos_token_id"]) == (1, 2, 2)
+    assert tok.convert_ids_to_tokens(2) == "<|im_end|>"
+    assert _gguf_special_ids(smollm2_gguf) == {"bos": 1, "eos": 2}
+    out = export_gguf(converted, tmp_path / "smol-f16.gguf")
+    assert out.file_type == "F16" and _gguf_special_ids(Path(out.output)) == {"bos": 1, "eos": 2}

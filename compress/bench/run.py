@@ -39,6 +39,7 @@ class BenchConfig(BaseModel):
     threads: int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default)
     decoder: Literal["auto", "generate", "compile", "graph", "graph-eager"] = "auto"  # compress.bench.fastpath
     isolate: bool = True  # one subprocess per model
+    runtime: Literal["torch", "llamacpp"] = "torch"  # llamacpp: .gguf files through llama.cpp (compress.bench.llamacpp)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -75,12 +76,23 @@ def make_bench_config(**kwargs) -> BenchConfig:
         if not torch.cuda.is_available():
             raise CompressError("--device cuda: no CUDA GPU is available here")
     resolve_decoder(cfg.decoder, device)  # e.g. "graph" on a CPU: one line, before any model loads
+    if cfg.runtime == "llamacpp":
+        from compress.bench.llamacpp import check_runtime
+
+        if device != "cpu" or cfg.decoder != "auto":
+            raise CompressError("--runtime llamacpp runs llama.cpp's own CPU decode loop: use --device cpu and no "
+                                "--decoder")
+        check_runtime()
     cfg.device = device
     return cfg
 
 
 def measure_model(spec: str, cfg: BenchConfig, progress: bool = False) -> dict:
     """Load one model on its fastest decode path and time every batch size (in this process)."""
+    if cfg.runtime == "llamacpp":
+        from compress.bench.llamacpp import measure_gguf
+
+        return measure_gguf(spec, cfg)
     import torch
 
     from compress.bench.fastpath import load_for_decode, size_on_disk
@@ -156,7 +168,9 @@ def bench(models: list[str], cfg: BenchConfig, progress: bool = True) -> dict:
     if not models:
         raise CompressError("give at least one MODEL to benchmark")
     for spec in models:  # fail on a bad path before any model is loaded
-        resolve(spec)
+        if resolve(spec).kind != "gguf" and cfg.runtime == "llamacpp":
+            raise CompressError(f"{spec}: --runtime llamacpp benches .gguf files (make one with "
+                                "`compress export ART --format gguf --output FILE.gguf`)")
     t0 = time.perf_counter()
     entries = []
     for spec in models:

@@ -13,6 +13,8 @@ def _mib(n) -> str:
 
 def describe(path: dict) -> str:
     """A short label for a recorded decode path (also reads results written before `decoder` existed)."""
+    if path.get("runtime") == "llamacpp":
+        return f"{path['loader']}, {path['threads']} threads"
     if path.get("graphed"):
         how = "static cache + CUDA graph" + (" of the compiled step" if path.get("graph_step") == "compiled" else "")
     elif path.get("decoder") == "graph":

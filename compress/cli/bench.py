@@ -20,8 +20,9 @@ def bench(
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed runs per batch size (medians reported).")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed runs per batch size first (compilation happens here).")] = 1,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's own).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads: torch's (default: torch's own), or llama.cpp's (default: the cores this process may use).")] = None,
     decoder: Annotated[str, typer.Option(help="auto (CUDA: graph, CPU: generate) | generate | compile | graph.")] = "auto",
+    runtime: Annotated[str, typer.Option(help="torch (our PyTorch engine) | llamacpp (.gguf files run by llama.cpp, as a tier with runtime llamacpp is served).")] = "torch",
     report: Annotated[Optional[Path], typer.Option(help="Also write an HTML report (add quality with --eval).")] = None,
     eval_files: Annotated[Optional[list[Path]], typer.Option("--eval", help="eval JSONs for the report's quality axis.")] = None,
 ) -> None:
@@ -31,7 +32,7 @@ def bench(
     from compress.bench.table import bench_table
     from compress.evaluate.results import write_json_atomic
     cfg = make_bench_config(batch_sizes=parse_batch_sizes(batch_sizes), prompt_len=prompt_len, gen_len=gen_len,
-                            device=device, repeats=repeats, warmup=warmup, threads=threads, decoder=decoder)
+                            device=device, repeats=repeats, warmup=warmup, threads=threads, decoder=decoder, runtime=runtime)
     if report is not None:
         from compress.report import check_inputs
 

@@ -22,6 +22,7 @@ def manifest(
     currency: Annotated[str, typer.Option(help="Currency of prices and costs.")] = "USD",
     slo: Annotated[Optional[list[str]], typer.Option("--slo", help="CLASS=SECONDS: p95 end-to-end target for a traffic class (interactive, batch).")] = None,
     router: Annotated[Optional[Path], typer.Option("--router", help="router.json from `compress router train`: `auto` routes by each tier's predicted success.")] = None,
+    gguf: Annotated[Optional[list[str]], typer.Option("--gguf", help="NAME=FILE.gguf: tier NAME runs on llama.cpp from FILE, a `compress export --format gguf` of its artifact (its speed: `compress bench FILE --runtime llamacpp` as the tier's bench.json).")] = None,
     eval_file: Annotated[Optional[list[str]], typer.Option("--eval", help="NAME=FILE: the tier's quality from an eval JSON (for a remote tier: `compress eval URL#MODEL --output FILE`).")] = None,
 ) -> None:
     """Write a tier manifest: one tier per model, cheapest first, with its measured quality, speed and cost."""
@@ -29,11 +30,13 @@ def manifest(
 
     m = build_manifest(models, names=name or [], costs=cost or [], api_key_envs=api_key_env or [],
                        price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour,
-                       currency=currency, slos=slo or [], router=router, evals=eval_file or [])
+                       currency=currency, slos=slo or [], router=router, evals=eval_file or [], ggufs=gguf or [])
     write_manifest(m, output)
     for t in m.tiers:
         cost_s = "unknown" if t.cost_per_1k_tokens is None else f"{t.cost_per_1k_tokens:.6g} {m.currency}/1k tok"
         where = getattr(t, "path", None) or f"{t.url} ({t.model})"
+        if getattr(t, "gguf", None):
+            where += f" on llama.cpp ({t.gguf})"
         console.print(f"{t.name}: {t.kind}, {where}, cost {cost_s}", highlight=False)
     if m.router is not None:
         console.print(f"router: {router}", highlight=False)

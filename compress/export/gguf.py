@@ -8,6 +8,7 @@ Weights are written as they were quantized, never re-quantized:
 | GPTQ/RTN 4-bit, asymmetric, same groups | Q4_1 | m = −s·z rounded to fp16; the largest weight change is reported |
 | torchao int8 weight-only (per output channel, zero point 0) | Q8_0 | d = channel scale rounded to fp16; reported |
 | bf16 / fp16 weights | F16 | bf16 → fp16 is exact for values in fp16's normal range; reported |
+| bf16 / fp16 / fp32 2-D weights, with `dense_type="q8_0"` | Q8_0 | re-quantized (round to nearest, 32-blocks), asked for; reported |
 | fp32 weights | F32 | exact |
 | norms | F32 | exact |
 
@@ -148,7 +149,17 @@ def _int8_tensor(src: _Source, prefix: str) -> tuple[np.ndarray, str, float]:
     return blocks, "Q8_0", err
 
 
-def _dense_tensor(name: str, t: torch.Tensor) -> tuple[np.ndarray, str, float]:
+DENSE_TYPES = ("f16", "q8_0")
+
+
+def _dense_tensor(name: str, t: torch.Tensor, dense_type: str = "f16") -> tuple[np.ndarray, str, float]:
+    if dense_type == "q8_0" and t.ndim == 2 and t.shape[1] % BLOCK == 0:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize, quantize
+
+        w = t.float().numpy()
+        blocks = quantize(w, GGMLQuantizationType.Q8_0)
+        return blocks, "Q8_0", float(np.abs(dequantize(blocks, GGMLQuantizationType.Q8_0) - w).max())
     if t.ndim == 1 or t.dtype == torch.float32:
         return t.float().numpy(), "F32", 0.0
     if t.abs().max().item() >= 65504:
@@ -177,13 +188,18 @@ def _layers(src: _Source):
 
 
 def export_gguf(artifact: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False,
-                progress: bool = False) -> ExportResult:
-    """Write ARTIFACT (a GPTQ/RTN, int8-wo or dense Llama checkpoint) to OUTPUT as GGUF."""
+                progress: bool = False, dense_type: str = "f16") -> ExportResult:
+    """Write ARTIFACT (a GPTQ/RTN, int8-wo or dense Llama checkpoint) to OUTPUT as GGUF. `dense_type`: how the
+    artifact's unquantized 2-D weights (a GPTQ tier's embedding/output head; every matrix of a dense model) are
+    written: "f16" (as they are), or "q8_0" (re-quantized to 8 bits in 32-blocks, as llama.cpp's own Q4_0 stores
+    the embedding; the largest weight change is reported)."""
     import gguf
 
     from compress.export.vocab import copy_gguf_metadata, write_hf_tokenizer, write_llama_hparams
 
     artifact, output = Path(artifact), Path(output)
+    if dense_type not in DENSE_TYPES:
+        raise CompressError(f"dense type {dense_type!r} is not one of {', '.join(DENSE_TYPES)}")
     if output.suffix.lower() != ".gguf":
         raise CompressError(f"--output must end in .gguf, got {output}")
     if output.exists() and not overwrite:
@@ -199,7 +215,7 @@ def export_gguf(artifact: str | os.PathLike, output: str | os.PathLike, overwrit
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     counts: dict[str, int] = {}
-    worst = 0.0
+    worst, requantized = 0.0, 0
     try:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         write_llama_hparams(writer, src.config, None if gguf_source else artifact.name)
@@ -215,7 +231,8 @@ def export_gguf(artifact: str | os.PathLike, output: str | os.PathLike, overwrit
             elif kind == "int8":
                 data, typ, err = _int8_tensor(src, prefix)
             else:
-                data, typ, err = _dense_tensor(name, src.tensors[name])
+                data, typ, err = _dense_tensor(name, src.tensors[name], dense_type)
+                requantized += typ == "Q8_0"
             heads = src.heads_for(name)
             if heads is not None:
                 data = rope_permute(torch.from_numpy(np.ascontiguousarray(data)), heads).numpy()
@@ -237,8 +254,10 @@ def export_gguf(artifact: str | os.PathLike, output: str | os.PathLike, overwrit
         tmp.unlink(missing_ok=True)
         raise
     notes = []
+    if requantized:
+        notes.append(f"{requantized} dense weight matrices re-quantized to Q8_0 (asked for: dense type q8_0)")
     if worst:
-        notes.append(f"largest weight change from fp16 rounding of scales/offsets or bf16→fp16: {worst:.3g}")
+        notes.append(f"largest weight change from fp16 rounding of scales/offsets, bf16→fp16 or Q8_0: {worst:.3g}")
     return ExportResult(str(output), "gguf", file_type, output.stat().st_size, counts, worst, notes, tokenizer)
 
 

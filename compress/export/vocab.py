@@ -101,8 +101,22 @@ def write_hf_tokenizer(writer, model_dir: str | Path) -> str:
     special.add_special_token["eos"] = len(with_special) > len(plain) and with_special[-1] == tok.eos_token_id
     if tok.chat_template and not special.chat_template:
         special.chat_template = tok.chat_template
+    eos = generation_eos(model_dir, special.special_token_ids.get("eos"))
+    if eos is not None:
+        special.special_token_ids["eos"] = eos
     special.add_to_gguf(writer, quiet=True)
     return pre
+
+
+def generation_eos(model_dir: Path, eos: int | None) -> int | None:
+    """The eos id to write: the tokenizer's when `generation_config.json` (what generation stops on) lists it or
+    names none, else generation_config's first. llama.cpp stops on the GGUF's eos, so the two must agree."""
+    path = model_dir / "generation_config.json"
+    if not path.is_file():
+        return eos
+    named = json.loads(path.read_text()).get("eos_token_id")
+    ids = [named] if isinstance(named, int) else [i for i in named or [] if isinstance(i, int)]
+    return eos if not ids or eos in ids else ids[0]
 
 
 def write_llama_hparams(writer, config: dict, name: str | None) -> None:

@@ -158,12 +158,18 @@ def record_step(m: ServeMetrics, t: str, stats: StepStats, events: list[Event], 
         s.last_token_at = now
 
 
-def load_runner(path: str, device: str, *, max_batch: int, max_len: int | None = None):
+def load_runner(path: str, device: str, *, max_batch: int, max_len: int | None = None, gguf: str | None = None):
     """(runner, tokenizer) of a local tier, warmed up (CUDA graphs captured). `max_len`: the longest sequence a
     KV slot holds (default: the model's context, at most 8192 on a GPU and 2048 on a CPU, where the cache would
-    otherwise take gigabytes of RAM)."""
+    otherwise take gigabytes of RAM). With `gguf` (runtime llamacpp) llama.cpp runs that file on the CPU and
+    `path` gives the tokenizer."""
     from compress.models import load_causal_lm, load_tokenizer
     from compress.serve.model_runner import ModelRunner
+
+    if gguf is not None:
+        from compress.serve.llamacpp_runner import load_llamacpp_runner
+
+        return load_llamacpp_runner(gguf, path, max_batch=max_batch, max_len=max_len or 2048)
 
     model = load_causal_lm(path, device=device)
     tokenizer = load_tokenizer(path)
@@ -181,14 +187,17 @@ def load_engine(tier, device: str, *, max_batch: int, max_wait_s: float, max_que
                 metrics: ServeMetrics, max_len: int | None = None, prefill_budget: int | None = None,
                 process: bool = False):
     """A local tier's engine, not started: its model loaded and warmed up in this process behind an engine
-    thread (`AsyncEngine`), or, with `process`, in a child process of its own (engine_proc.py)."""
-    budget = prefill_budget or default_prefill_budget(device)
+    thread (`AsyncEngine`), or, with `process`, in a child process of its own (engine_proc.py). A tier with
+    runtime llamacpp gets a `LlamaCppRunner` over its GGUF (on the CPU whatever `device` says): the same engine
+    core, scheduler, metrics and front end as a torch tier."""
+    gguf = tier.gguf if getattr(tier, "runtime", "torch") == "llamacpp" else None
+    budget = prefill_budget or default_prefill_budget("cpu" if gguf else device)
     if process:
         from compress.serve.engine_proc import EngineSpec, ProcEngine
 
-        spec = EngineSpec(tier.name, str(tier.path), device, max_batch, max_wait_s, max_queue, max_len, budget)
+        spec = EngineSpec(tier.name, str(tier.path), device, max_batch, max_wait_s, max_queue, max_len, budget, gguf)
         return ProcEngine.launch(spec, metrics)
-    runner, tokenizer = load_runner(tier.path, device, max_batch=max_batch, max_len=max_len)
-    metrics.graphed.labels(tier.name).set(1 if runner.graphed else 0)
+    runner, tokenizer = load_runner(tier.path, device, max_batch=max_batch, max_len=max_len, gguf=gguf)
+    metrics.graphed.labels(tier.name).set(1 if getattr(runner, "graphed", False) else 0)
     return AsyncEngine(tier.name, runner, tokenizer, max_batch=max_batch, max_wait_s=max_wait_s,
                        max_queue=max_queue, metrics=metrics, prefill_budget=budget)

@@ -78,6 +78,7 @@ class EngineSpec:
     max_queue: int
     max_len: int | None
     prefill_budget: int
+    gguf: str | None = None  # runtime llamacpp: the GGUF llama.cpp runs (path gives the tokenizer)
 
 
 # ---------------------------------------------------------------- the engine process
@@ -88,7 +89,8 @@ def engine_main(requests, outputs, spec: EngineSpec) -> None:
     try:
         from compress.serve.engine import load_runner
 
-        runner, _ = load_runner(spec.path, spec.device, max_batch=spec.max_batch, max_len=spec.max_len)
+        runner, _ = load_runner(spec.path, spec.device, max_batch=spec.max_batch, max_len=spec.max_len,
+                                gguf=spec.gguf)
     except BaseException as e:  # noqa: BLE001 - reported to the API process, which fails its startup
         first = str(e).splitlines()[0] if str(e) else ""
         _send(outputs, ("failed", f"{type(e).__name__}: {first}"))
@@ -97,7 +99,7 @@ def engine_main(requests, outputs, spec: EngineSpec) -> None:
                       prefill_budget=spec.prefill_budget)
     loop = _EngineLoop(core, requests, outputs)
     signal.signal(signal.SIGTERM, lambda *_: setattr(loop, "stopping", True))
-    _send(outputs, ("ready", {"max_context": runner.max_context, "graphed": bool(runner.graphed),
+    _send(outputs, ("ready", {"max_context": runner.max_context, "graphed": bool(getattr(runner, "graphed", False)),
                               "pid": os.getpid()}))
     try:
         loop.run()

@@ -103,8 +103,41 @@ class LlamaCppModel:
         """Drop a sequence's keys and values."""
         self.L.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's own tokenization of `text` (no BOS added, special-token text not parsed)."""
+        data = text.encode()
+        buf = (self.L.llama_token * (len(data) + 8))()
+        n = self.L.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, False)
+        if n < 0:
+            raise RuntimeError(f"llama_tokenize needs {-n} tokens")
+        return list(buf[:n])
+
+    def eos_id(self) -> int | None:
+        t = self.L.llama_vocab_eos(self.vocab)
+        return t if t >= 0 else None
+
     def eos_ids(self) -> set[int]:
         return {t for t in range(self.n_vocab) if self.L.llama_vocab_is_eog(self.vocab, t)}
+
+    def greedy(self, prompts: list[list[int]], new: int) -> tuple[list[list[int]], list[float]]:
+        """Exactly `new` greedy tokens (no end-of-generation check) for each prompt, the prompts prefilled in one
+        llama_decode (sequence ids 0..len-1, cleared first), then one llama_decode per step for all of them;
+        time.perf_counter() after the prefill and after each step. For benchmarks."""
+        from time import perf_counter as clock
+
+        if len(prompts) > self.max_batch:
+            raise CompressError(f"{len(prompts)} prompts for a context of {self.max_batch} sequences")
+        for sid in range(len(prompts)):
+            self.forget(sid)
+        logits = self.decode([(sid, p, 0, False) for sid, p in enumerate(prompts)])
+        out = [[int(np.argmax(x[-1]))] for x in logits]
+        stamps = [clock()]
+        for step in range(new - 1):
+            logits = self.decode([(sid, [o[-1]], len(p) + step, False) for sid, (p, o) in enumerate(zip(prompts, out))])
+            for o, x in zip(out, logits):
+                o.append(int(np.argmax(x[-1])))
+            stamps.append(clock())
+        return out, stamps
 
     def close(self) -> None:
         if getattr(self, "ctx", None):
@@ -193,19 +226,34 @@ class LlamaCppRunner:
         return tokens
 
 
+def default_threads() -> int:
+    """The cores this process may use (llama.cpp's threads spin: more threads than cores stall each other)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def load_llamacpp_runner(gguf: str | Path, tokenizer_path: str | Path, *, max_batch: int, max_len: int = 2048,
+                         threads: int | None = None):
+    """(runner, tokenizer) of a tier run by llama.cpp, warmed up; `tokenizer_path`: the artifact (or source) whose
+    tokenizer the tier uses (the end-of-generation ids are the GGUF's, as llama.cpp reports them)."""
+    from compress.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tokenizer_path))
+    model = LlamaCppModel(gguf, max_batch=max_batch, max_context=max_len, threads=threads or default_threads())
+    runner = LlamaCppRunner(model, tokenizer)
+    runner.warmup()
+    return runner, tokenizer
+
+
 def load_llamacpp_engine(tier: str, gguf: str | Path, tokenizer_path: str | Path, *, max_batch: int,
                          max_wait_s: float, max_queue: int, metrics=None, max_len: int = 2048,
                          threads: int | None = None, prefill_budget: int = 512):
     """A tier's GGUF behind our async front end (`AsyncEngine`: queue bound, admission, metrics), warmed up and
-    not started; `tokenizer_path`: the artifact (or source) whose tokenizer and eos ids the tier uses."""
-    import os
-
-    from compress.models import load_tokenizer
+    not started."""
     from compress.serve.engine import AsyncEngine
 
-    tokenizer = load_tokenizer(str(tokenizer_path))
-    model = LlamaCppModel(gguf, max_batch=max_batch, max_context=max_len, threads=threads or os.cpu_count() or 1)
-    runner = LlamaCppRunner(model, tokenizer)
-    runner.warmup()
+    runner, tokenizer = load_llamacpp_runner(gguf, tokenizer_path, max_batch=max_batch, max_len=max_len,
+                                             threads=threads)
     return AsyncEngine(tier, runner, tokenizer, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue,
                        metrics=metrics, prefill_budget=prefill_budget)
