@@ -146,9 +146,13 @@ def _eval(tdir: Path, cfg) -> None:
 
 
 def _export(tdir: Path, gguf: Path) -> None:
+    """A `runtime: llamacpp` tier's GGUF. A quantized tier's embedding/output head are written as Q8_0, as
+    llama.cpp's own Q4_0 writes them: at batch 1 the head is the step's largest matmul (SmolLM2 GPTQ g32, 1 thread:
+    2.78x the fp32 source with an F16 head, 3.99x with Q8_0; benchmarks/RESULTS.md). A dense tier stays F16."""
     from compress.export import export_gguf
+    from compress.models import quant_method, resolve
 
-    export_gguf(tdir, gguf, overwrite=True)
+    export_gguf(tdir, gguf, overwrite=True, dense_type="q8_0" if quant_method(resolve(str(tdir))) else "f16")
 
 
 def _bench(tdir: Path, cfg, gguf: Path | None = None) -> None:

@@ -221,7 +221,11 @@ def test_recipe_tier_on_llamacpp_is_exported_benched_and_costed(tmp_path, tiny_m
     m = load_manifest(result.manifest)
     assert (m.tier("rtn").runtime, m.tier("rtn").gguf) == ("llamacpp", str((rtn / "model.gguf").resolve()))
     assert m.tier("rtn").cost_source == "measured" and m.tier("source").runtime == "torch"
-    assert m.tier("rtn").quality.perplexity is not None  # the artifact's eval: the same weights as the GGUF
+    assert m.tier("rtn").quality.perplexity is not None  # the artifact's eval: the same int4 weights as the GGUF
+    from gguf import GGUFReader
+
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(rtn / "model.gguf")).tensors}
+    assert types["token_embd.weight"] == "Q8_0" and types["blk.0.attn_q.weight"] == "Q4_0"  # head as llama.cpp's Q4_0
     from compress.report import collect
 
     models = collect([rtn / "eval.json"], [rtn / "bench.json"])  # the report: one row, quality beside speed
