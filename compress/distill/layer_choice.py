@@ -10,7 +10,7 @@ teacher's next-token loss on calibration blocks the least (iterative depth pruni
   own run refreshes the cache (its suffix recorded what now enters each layer after it).
 - `Screen`: optional successive halving within each round of `select_layers_greedy` (every candidate on a
   token prefix, in bf16 say; the best few on all the tokens in fp32). Exact only when each round's winner
-  survives its screen; the CPU default of `compress distill` (see train.layer_select_screen).
+  survives its screen; `compress distill --layer-selection greedy-screened` (train.layer_select_screen).
 - `select_layers_greedy_reference`: the plain form it replaced, one full forward per candidate and per
   block. Kept as the reference the tests compare the fast form with, and as the fallback for a model
   whose forward from `inputs_embeds` does not reproduce its forward from token ids (e.g. one that scales

@@ -54,8 +54,8 @@ STATE_FILE = "state.json"
 # `gpu_scale2.sh` step 5); until then it is the same.
 GPU_SELECT_TOKENS = 2048
 CPU_SELECT_TOKENS = 2048
-# On a CPU, `greedy` screens each round (layer_choice.Screen; bf16 where oneDNN has bf16 kernels): same 30 -> 8
-# choice on SmolLM2 as the exact greedy, in less time (benchmarks/RESULTS.md, issue 18). `greedy-exact` skips it.
+# `greedy-screened` screens each round (layer_choice.Screen; bf16 where oneDNN has bf16 kernels). It stays opt-in
+# until it is shown to give greedy's 30 -> 8 choice on SmolLM2 at 2,048 tokens (benchmarks/RESULTS.md, issue 18).
 CPU_SCREEN_TOKENS, CPU_SCREEN_KEEP = 512, 3
 
 
@@ -236,7 +236,7 @@ def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype, p
         n = teacher.config.num_hidden_layers
         if cfg.layer_selection != "even" and cfg.student_layers is not None and cfg.student_layers < n:
             keep = select_layers_greedy(teacher, cfg.student_layers, layer_select_blocks(cfg, data, device), progress,
-                                        screen=layer_select_screen(cfg, device))
+                                        screen=layer_select_screen(cfg))
         student = derive_student(teacher, cfg.student_layers, cfg.student_intermediate_size, keep=keep, state=cpu_state)
         del cpu_state
         keep = keep if keep is not None else kept_layers(n, cfg.student_layers or n)
@@ -253,9 +253,9 @@ def layer_select_blocks(cfg: DistillConfig, data: DistillData, device: torch.dev
     return data.train[:n_blocks, :min(tokens, cfg.seq_len)].to(device)
 
 
-def layer_select_screen(cfg: DistillConfig, device: torch.device) -> Screen | None:
-    """The greedy choice's per-round screen: on a CPU unless `greedy-exact` (the GPU's exact choice takes seconds)."""
-    if cfg.layer_selection != "greedy" or torch.device(device).type != "cpu":
+def layer_select_screen(cfg: DistillConfig) -> Screen | None:
+    """The greedy choice's per-round screen, for `greedy-screened`."""
+    if cfg.layer_selection != "greedy-screened":
         return None
     bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return Screen(CPU_SCREEN_TOKENS, CPU_SCREEN_KEEP, torch.bfloat16 if bf16 else torch.float32)
