@@ -198,3 +198,15 @@ def test_a_source_given_twice_trains_twice_and_validates_once(tmp_path, tokenize
     assert twice.train_tokens == 2 * once.train_tokens  # weighted up in training
     assert twice.heldout_tokens == once.heldout_tokens  # copies hash alike: none of them leaks into training
     assert torch.equal(twice.heldout, once.heldout)
+
+
+def test_greedy_screened_is_opt_in():
+    """`--layer-selection greedy-screened` screens each round; plain greedy stays the exact choice."""
+    from compress.distill import make_config
+    from compress.distill.train import CPU_SCREEN_KEEP, CPU_SCREEN_TOKENS, layer_select_screen
+
+    cfg = make_config(teacher="t", output="o", student_layers=2)
+    assert layer_select_screen(cfg) is None
+    screen = layer_select_screen(cfg.model_copy(update={"layer_selection": "greedy-screened"}))
+    assert (screen.tokens, screen.keep) == (CPU_SCREEN_TOKENS, CPU_SCREEN_KEEP)
+    assert screen.dtype in (torch.bfloat16, torch.float32)
