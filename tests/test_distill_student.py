@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compress import models
-from compress.distill.layer_choice import select_layers_greedy, select_layers_greedy_reference
+from compress.distill.layer_choice import Screen, select_layers_greedy, select_layers_greedy_reference
 from compress.distill.student import check_not_larger, count_params, derive_student, kept_layers, load_student
 from compress.errors import CompressError
 
@@ -115,12 +115,36 @@ def test_fast_greedy_choice_equals_the_reference(teacher8):
                 calls["n"] = 0
                 assert select_layers_greedy(teacher, n, blocks, batch_size=bs) == want, (n, bs)
                 fast = calls["n"]
+            # Screened on block 0 (a third of the tokens), in bf16 and in fp32, keeping 3: the full-token winner
+            # ranks third on block 0 in some rounds here, so keep=2 would not be enough (no guarantee in general).
+            for screen in (Screen(tokens=32, keep=3), Screen(tokens=32, keep=3, dtype=torch.float32)):
+                assert select_layers_greedy(teacher, n, blocks, screen=screen) == want, (n, screen)
         assert fast < 0.7 * slow, (fast, slow)  # 8 -> 1: 346 of 504 here (30 -> 8 on SmolLM2: about half)
     finally:
         for h in hooks:
             h.remove()
     assert want == [3]  # recorded once from the reference; guards against both drifting together
     assert select_layers_greedy(teacher, 8, blocks) == list(range(8))
+
+
+def test_screened_greedy_scores_only_the_survivors_on_all_tokens(teacher8):
+    """Each screened round scores every candidate on the screen's tokens and only `keep` of them on all the
+    blocks in fp32, removes the best of those by that full loss, and leaves the teacher in fp32 with its
+    layers; a bad screen is a clear error."""
+    teacher, trace = teacher8, []
+    blocks = torch.randint(3, 500, (2, 32), generator=torch.Generator().manual_seed(1))
+    keep = select_layers_greedy(teacher, 5, blocks, screen=Screen(tokens=16, keep=2), trace=trace)
+    assert [len(r["kept"]) for r in trace] == [8, 7, 6]
+    for r in trace:
+        assert sorted(r["screen"]) == r["kept"] and len(r["screen"][r["kept"][0]]) == 1  # 16 tokens: 1 block
+        assert len(r["full"]) == 2 and all(len(v) == 2 for v in r["full"].values())
+        assert r["removed"] == min(r["full"], key=lambda i: sum(r["full"][i]))
+        assert r["threads"] == torch.get_num_threads()
+    assert keep == [i for i in range(8) if i not in {r["removed"] for r in trace}]
+    assert len(teacher.model.layers) == teacher.config.num_hidden_layers == 8
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    with pytest.raises(CompressError, match="tokens >= 2"):
+        Screen(tokens=1)
 
 
 def test_narrower_mlp_keeps_largest_channels(teacher4):
@@ -174,3 +198,15 @@ def test_a_source_given_twice_trains_twice_and_validates_once(tmp_path, tokenize
     assert twice.train_tokens == 2 * once.train_tokens  # weighted up in training
     assert twice.heldout_tokens == once.heldout_tokens  # copies hash alike: none of them leaks into training
     assert torch.equal(twice.heldout, once.heldout)
+
+
+def test_greedy_screened_is_opt_in():
+    """`--layer-selection greedy-screened` screens each round; plain greedy stays the exact choice."""
+    from compress.distill import make_config
+    from compress.distill.train import CPU_SCREEN_KEEP, CPU_SCREEN_TOKENS, layer_select_screen
+
+    cfg = make_config(teacher="t", output="o", student_layers=2)
+    assert layer_select_screen(cfg) is None
+    screen = layer_select_screen(cfg.model_copy(update={"layer_selection": "greedy-screened"}))
+    assert (screen.tokens, screen.keep) == (CPU_SCREEN_TOKENS, CPU_SCREEN_KEEP)
+    assert screen.dtype in (torch.bfloat16, torch.float32)

@@ -28,7 +28,7 @@ def distill(
     teacher: Annotated[str, typer.Argument(help="Teacher: checkpoint directory, hub id, .gguf file, or artifact.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Artifact directory to create.")],
     student_layers: Annotated[Optional[int], typer.Option(help="Derive the student: keep N of the teacher's layers (see --layer-selection).")] = None,
-    layer_selection: Annotated[str, typer.Option(help="Derived student's layers: greedy (drop the least harmful layer, repeatedly, on training text) | even.")] = "greedy",
+    layer_selection: Annotated[str, typer.Option(help="Derived student's layers: greedy (drop the least harmful layer, repeatedly, on training text) | greedy-screened (faster: each round scores its best few only on all the tokens) | even.")] = "greedy",
     layer_select_tokens: Annotated[Optional[int], typer.Option(help="Training tokens the greedy layer choice measures the loss on (default 2048; see train.CPU_SELECT_TOKENS).")] = None,
     student_intermediate_size: Annotated[Optional[int], typer.Option(help="Derived student: narrower MLP (keeps the largest-norm channels).")] = None,
     freeze_embeddings: Annotated[bool, typer.Option(help="Do not train the student's input/output embeddings (keep the teacher's).")] = False,

@@ -28,8 +28,10 @@ class DistillConfig(BaseModel):
     student_intermediate_size: int | None = Field(default=None, ge=1)
     # Which teacher layers a derived student keeps (compress.distill.student): greedy = drop the layer that
     # hurts the teacher's loss least on `layer_select_tokens` of training text, repeatedly; even = spaced.
-    # (None: train.GPU_SELECT_TOKENS or CPU_SELECT_TOKENS, see train.layer_select_blocks.)
-    layer_selection: Literal["greedy", "even"] = "greedy"
+    # (None: train.GPU_SELECT_TOKENS or CPU_SELECT_TOKENS, see train.layer_select_blocks.) greedy-screened:
+    # greedy with a cheap screen of each round's candidates (train.layer_select_screen), exact only when the
+    # winner survives it.
+    layer_selection: Literal["greedy", "greedy-screened", "even"] = "greedy"
     layer_select_tokens: int | None = Field(default=None, ge=8)
     # Keep the student's input and output embeddings as initialised (the teacher's, for a derived
     # student): fewer trained parameters, and only the decoder layers differ from the teacher's.

@@ -4,9 +4,13 @@ teacher's next-token loss on calibration blocks the least (iterative depth pruni
 - `select_layers_greedy`: the fast form. Removing the layer at position p of the kept list leaves the
   hidden state entering it unchanged, so each round runs the kept layers once over the blocks (batched),
   caches the state entering every layer, and scores each candidate by running only the layers after it
-  from that cached state. A round costs k(k-1)/2 layer forwards instead of k(k-1) (k = layers kept), the
-  blocks go through in batches, and after a removal only the layers from the removed position on are
-  re-run to refresh the cache. Same losses up to kernel rounding, so the same choice.
+  from that cached state. A round costs k(k-1)/2 layer forwards instead of k(k-1) (k = layers kept), and the
+  blocks go through in batches. Same losses up to kernel rounding, so the same choice. The head's loss is
+  taken one block at a time from the decoder's output (no [b, S, vocab] logits), and the round's winner's
+  own run refreshes the cache (its suffix recorded what now enters each layer after it).
+- `Screen`: optional successive halving within each round of `select_layers_greedy` (every candidate on a
+  token prefix, in bf16 say; the best few on all the tokens in fp32). Exact only when each round's winner
+  survives its screen; `compress distill --layer-selection greedy-screened` (train.layer_select_screen).
 - `select_layers_greedy_reference`: the plain form it replaced, one full forward per candidate and per
   block. Kept as the reference the tests compare the fast form with, and as the fallback for a model
   whose forward from `inputs_embeds` does not reproduce its forward from token ids (e.g. one that scales
@@ -17,7 +21,9 @@ earliest layer in both.
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -78,33 +84,32 @@ def select_layers_greedy_reference(teacher, n_student: int, blocks: torch.Tensor
     return keep
 
 
-def _block_losses(logits: torch.Tensor, ids: torch.Tensor) -> list[float]:
-    """Mean next-token loss of each block. logits [b, S, V], ids [b, S] -> b floats."""
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(),
-                                            reduction="none")
-    return nll.view(ids.shape[0], -1).mean(1).tolist()
+def _head_losses(head, hidden: torch.Tensor, ids: torch.Tensor) -> list[float]:
+    """Mean next-token loss of each block from the final (normed) hidden states: hidden [b, S, H], ids [b, S]
+    -> b floats. One block's logits at a time (less memory traffic than a [b, S, vocab] tensor), the last
+    position (it predicts nothing) left out, and the softmax in fp32 whatever the head's dtype."""
+    return [torch.nn.functional.cross_entropy(head(h[:-1]).float(), t[1:]).item() for h, t in zip(hidden, ids)]
 
 
 class _Suffixes:
-    """Runs the teacher from a cached hidden state through a chosen list of its layers (via `inputs_embeds`:
-    the model then applies only those layers, its final norm and head) and records what enters each layer."""
+    """Runs a model's decoder from a cached hidden state through a chosen list of its layers (via
+    `inputs_embeds`: only those layers, then its final norm) and records what enters each layer."""
 
-    def __init__(self, teacher, original):
-        self.teacher, self.original = teacher, original
+    def __init__(self, model, original):
+        self.model, self.original, self.head = model, original, model.get_output_embeddings()
 
-    def run(self, h: torch.Tensor, layers: list[int], record: bool = False, head: bool = True):
-        """(logits or None, [state entering each of `layers`] if record). h [b, S, H]."""
-        _use_layers(self.teacher, self.original, layers)
+    def run(self, h: torch.Tensor, layers: list[int], record: bool = False):
+        """(final normed hidden states [b, S, H], [state entering each of `layers`] if record). h [b, S, H]."""
+        _use_layers(self.model, self.original, layers)
         seen: list[torch.Tensor] = []
         hooks = [self.original[j].register_forward_pre_hook(self._recorder(seen), with_kwargs=True)
                  for j in layers] if record else []
         try:
-            # logits_to_keep=1: only the last position goes through the head when the logits are not needed.
-            out = self.teacher(inputs_embeds=h, use_cache=False, logits_to_keep=0 if head else 1)
+            out = self.model.model(inputs_embeds=h, use_cache=False).last_hidden_state
         finally:
             for hk in hooks:
                 hk.remove()
-        return (out.logits if head else None), seen
+        return out, seen
 
     @staticmethod
     def _recorder(seen: list[torch.Tensor]):
@@ -113,12 +118,69 @@ class _Suffixes:
         return hook
 
 
+@dataclass(frozen=True)
+class Screen:
+    """Successive halving within each round of `select_layers_greedy`: every candidate removal is first
+    scored on the first `tokens` calibration tokens in `dtype` (cheap), the best `keep` are then scored on
+    all the tokens in the teacher's own precision, and the round removes the best of those by that full
+    loss. The result is the exact greedy choice whenever each round's full-token winner is among the `keep`
+    survivors of its screen; nothing guarantees that in general (two candidates' losses can cross between
+    the screen and the full scoring), so `screen=None` keeps the exact greedy.
+
+    tokens: a prefix of the calibration blocks (whole blocks, or the head of the first block when fewer
+    than one block; the model is causal, so a prefix's states are exact). keep: survivors per round."""
+
+    tokens: int = 512
+    keep: int = 4
+    dtype: torch.dtype = torch.bfloat16
+
+    def __post_init__(self):
+        if self.tokens < 2 or self.keep < 1:
+            raise CompressError(f"layer screen needs tokens >= 2 and keep >= 1 (got {self.tokens}, {self.keep})")
+
+
+class _Screener:
+    """Scores every candidate of a round on the screen's token prefix, in the screen's dtype (a copy of the
+    teacher in that dtype when it differs), from the teacher's cached states cast to it."""
+
+    def __init__(self, teacher, original, screen: Screen, blocks: torch.Tensor):
+        self.screen = screen
+        model = teacher
+        if screen.dtype != teacher.get_input_embeddings().weight.dtype:
+            _use_layers(teacher, original, list(range(len(original))))
+            model = copy.deepcopy(teacher).to(screen.dtype)
+            for m in model.modules():  # hooks others put on the teacher (progress counters) stay on the teacher
+                m._forward_pre_hooks.clear()
+                m._forward_hooks.clear()
+        self.run = _Suffixes(model, list(model.model.layers))
+        self.rows = max(1, min(len(blocks), -(-screen.tokens // blocks.shape[1])))
+        self.length = min(blocks.shape[1], screen.tokens)
+        self.ids = blocks[:self.rows, :self.length]
+
+    def scores(self, entering: list[list[torch.Tensor]], keep: list[int], bar) -> dict[int, list[float]]:
+        """{position: per-block screen losses} for every candidate position of `keep`."""
+        out = {}
+        for p in range(len(keep)):
+            h = torch.cat([e[p] for e in entering])[:self.rows, :self.length].to(self.screen.dtype)
+            out[p] = _head_losses(self.run.head, self.run.run(h, keep[p + 1:])[0], self.ids)
+            bar.update()
+        return out
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
 @torch.no_grad()
 def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress: bool = False,
-                         batch_size: int | None = None) -> list[int]:
+                         batch_size: int | None = None, screen: Screen | None = None,
+                         trace: list | None = None) -> list[int]:
     """Indices of `n_student` teacher layers, the same choice as `select_layers_greedy_reference` on the same
     `blocks` ([B, S] token ids, on the teacher's device), at about half its layer forwards, in batches of
-    `batch_size` blocks (default: as many as keep the logits of a batch under 1 GiB)."""
+    `batch_size` blocks (default: as many as keep the logits of a batch under 1 GiB). `screen` (a `Screen`)
+    scores only each round's best few on all the blocks: faster, exact only when the winner survives the
+    screen. `trace`, a list, gets one dict per round: the kept layers, the screen's and the full per-block
+    losses by layer, the removed layer and torch's thread count."""
     n_teacher = _check(teacher, n_student)
     if n_student == n_teacher:
         return list(range(n_teacher))
@@ -129,31 +191,39 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
     with _borrowed(teacher) as original:
         run = _Suffixes(teacher, original)
         embeds = [teacher.get_input_embeddings()(b) for b in batches]
-        if not _embeds_route_matches(teacher, original, keep, batches, embeds):
+        if not _embeds_route_matches(run, keep, batches, embeds):
             return select_layers_greedy_reference(teacher, n_student, blocks, progress)
-        entering = [run.run(e, keep, record=True, head=False)[1] for e in embeds]  # per batch: [k x [b, S, H]]
-        bar = _bar(sum(range(n_student + 1, n_teacher + 1)), progress)
+        entering = [run.run(e, keep, record=True)[1] for e in embeds]  # per batch: [k x [b, S, H]]
+        screener = _Screener(teacher, original, screen, blocks) if screen else None
+        screened = lambda k: screener is not None and k > screen.keep  # noqa: E731
+        bar = _bar(sum(k + (screen.keep if screened(k) else 0) for k in range(n_student + 1, n_teacher + 1)), progress)
         while len(keep) > n_student:
-            losses = {}
-            for p, i in enumerate(keep):
-                per_block = [x for e, b in zip(entering, batches)
-                             for x in _block_losses(run.run(e[p], keep[p + 1:])[0], b)]
-                losses[i] = sum(per_block) / len(per_block)
+            rough = screener.scores(entering, keep, bar) if screened(len(keep)) else None
+            cands = sorted(sorted(rough, key=lambda p: (_mean(rough[p]), p))[:screen.keep]) if rough else range(len(keep))
+            full, best = {}, None
+            for p in cands:
+                outs = [run.run(e[p], keep[p + 1:], record=True) for e in entering]
+                full[p] = [x for (h, _), b in zip(outs, batches) for x in _head_losses(run.head, h, b)]
+                if best is None or _mean(full[p]) < _mean(full[best[0]]):  # ties: the earliest layer
+                    best = (p, [seen for _, seen in outs])
                 bar.update()
-            p = keep.index(min(losses, key=losses.get))
+            p, states = best
+            if trace is not None:
+                trace.append({"kept": list(keep), "removed": keep[p], "threads": torch.get_num_threads(),
+                              "screen": {keep[q]: v for q, v in rough.items()} if rough else None,
+                              "full": {keep[q]: v for q, v in full.items()}})
             keep.pop(p)
-            # States entering the layers before p are unchanged; the layer now at p gets what entered the
-            # removed one; re-run from there to refresh the rest.
-            for e in entering:
-                e[p:] = run.run(e[p], keep[p:], record=True, head=False)[1] if p < len(keep) > n_student else []
+            # The winner's run recorded what enters each layer after it: the new cache from p on.
+            for e, seen in zip(entering, states):
+                e[p:] = seen
         bar.close()
     return keep
 
 
-def _embeds_route_matches(teacher, original, keep, batches, embeds) -> bool:
-    """Does the forward from the embedding output give the forward from token ids? (Not for a model that
-    rescales `inputs_embeds`; such a model takes the reference path.)"""
-    _use_layers(teacher, original, keep)
-    ids_logits = teacher(input_ids=batches[0][:1], use_cache=False).logits
-    emb_logits = teacher(inputs_embeds=embeds[0][:1], use_cache=False).logits
+def _embeds_route_matches(run: _Suffixes, keep, batches, embeds) -> bool:
+    """Does the decoder from the embedding output, then the head, give the forward from token ids? (Not for
+    a model that rescales `inputs_embeds` or transforms its logits; such a model takes the reference path.)"""
+    _use_layers(run.model, run.original, keep)
+    ids_logits = run.model(input_ids=batches[0][:1], use_cache=False).logits
+    emb_logits = run.head(run.run(embeds[0][:1], keep)[0])
     return bool(torch.allclose(ids_logits, emb_logits, rtol=1e-3, atol=1e-3))

@@ -41,7 +41,7 @@ from compress.artifacts import ArtifactMeta, SourceInfo, atomic_dir, check_outpu
 from compress.distill.config import NOT_HASHED, DistillConfig
 from compress.distill.losses import distill_loss
 from compress.distill.packing import DistillData, batch_indices, load_data
-from compress.distill.layer_choice import select_layers_greedy
+from compress.distill.layer_choice import Screen, select_layers_greedy
 from compress.distill.student import check_not_larger, count_params, derive_student, kept_layers, load_student
 from compress.errors import CompressError
 
@@ -54,6 +54,9 @@ STATE_FILE = "state.json"
 # `gpu_scale2.sh` step 5); until then it is the same.
 GPU_SELECT_TOKENS = 2048
 CPU_SELECT_TOKENS = 2048
+# `greedy-screened` screens each round (layer_choice.Screen; bf16 where oneDNN has bf16 kernels). It stays opt-in
+# until it is shown to give greedy's 30 -> 8 choice on SmolLM2 at 2,048 tokens (benchmarks/RESULTS.md, issue 18).
+CPU_SCREEN_TOKENS, CPU_SCREEN_KEEP = 512, 3
 
 
 @dataclass
@@ -231,8 +234,9 @@ def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype, p
         student = load_student(cfg.student, teacher, tokenizer, cfg.seed)
     else:
         n = teacher.config.num_hidden_layers
-        if cfg.layer_selection == "greedy" and cfg.student_layers is not None and cfg.student_layers < n:
-            keep = select_layers_greedy(teacher, cfg.student_layers, layer_select_blocks(cfg, data, device), progress)
+        if cfg.layer_selection != "even" and cfg.student_layers is not None and cfg.student_layers < n:
+            keep = select_layers_greedy(teacher, cfg.student_layers, layer_select_blocks(cfg, data, device), progress,
+                                        screen=layer_select_screen(cfg))
         student = derive_student(teacher, cfg.student_layers, cfg.student_intermediate_size, keep=keep, state=cpu_state)
         del cpu_state
         keep = keep if keep is not None else kept_layers(n, cfg.student_layers or n)
@@ -247,6 +251,14 @@ def layer_select_blocks(cfg: DistillConfig, data: DistillData, device: torch.dev
     tokens = cfg.layer_select_tokens or (CPU_SELECT_TOKENS if torch.device(device).type == "cpu" else GPU_SELECT_TOKENS)
     n_blocks = max(1, min(len(data.train), -(-tokens // cfg.seq_len)))
     return data.train[:n_blocks, :min(tokens, cfg.seq_len)].to(device)
+
+
+def layer_select_screen(cfg: DistillConfig) -> Screen | None:
+    """The greedy choice's per-round screen, for `greedy-screened`."""
+    if cfg.layer_selection != "greedy-screened":
+        return None
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return Screen(CPU_SCREEN_TOKENS, CPU_SCREEN_KEEP, torch.bfloat16 if bf16 else torch.float32)
 
 
 @torch.no_grad()
