@@ -28,12 +28,10 @@ class _Tokens:
 
 
 def check_runtime(what: str = "--runtime llamacpp") -> str:
-    """llama-cpp-python's version, or one CompressError line saying how to get it."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise CompressError(f"{what} needs llama-cpp-python, which is not installed: `make llamacpp` builds it") from None
-    return llama_cpp.__version__
+    """llama-cpp-python's version, or one CompressError line saying how to get it (the runner's check)."""
+    from compress.serve.llamacpp_runner import _llama_cpp
+
+    return _llama_cpp(what).__version__
 
 
 def measure_gguf(spec: str, cfg) -> dict:

@@ -25,12 +25,13 @@ from compress.serve.sampling import Sampler, prompt_logprobs
 from compress.serve.sequence import Sequence
 
 
-def _llama_cpp():
+def _llama_cpp(what: str = "serving a GGUF"):
+    """The llama_cpp module, or one CompressError line saying `what` needs it and how to get it."""
     try:
         import llama_cpp
     except ImportError as e:
-        raise CompressError("serving a GGUF needs llama-cpp-python: `make llamacpp` builds it (see README, "
-                            "Export)") from e
+        raise CompressError(f"{what} needs llama-cpp-python, which is not installed: `make llamacpp` builds it "
+                            "(see README, Export)") from e
     return llama_cpp
 
 
