@@ -86,9 +86,10 @@ def distill_config(args, output: Path, **run_specific):
     """The settings `run` and `scale` share (the flags of `training_flags`), plus each one's own."""
     from compress.distill import make_config
 
+    run_specific.setdefault("grad_accum", args.grad_accum)
     return make_config(
         teacher=args.teacher, output=str(output), student_layers=args.student_layers, data=train_data(args),
-        seq_len=args.seq_len, grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
+        seq_len=args.seq_len, lr=args.lr, warmup_steps=args.warmup_steps,
         eval_tokens=args.eval_tokens, layer_selection=args.layer_selection, device=args.device, compile=args.compile,
         eval_every=0, save_every=0, seed=0, overwrite=True, progress=True, **run_specific,
     )
@@ -141,7 +142,8 @@ def run(args) -> None:
     out_dir = Path(args.work) / f"student-{args.mode}"
     cfg = distill_config(
         args, output=out_dir, loss=args.loss, temperature=args.temperature,
-        ce_weight=1.0 if args.mode == "ce" else args.ce_weight, max_steps=None, max_time=args.max_time,
+        ce_weight=1.0 if args.mode == "ce" else args.ce_weight, max_steps=args.max_steps,
+        max_time=None if args.max_steps else args.max_time,
         batch_size=args.batch_size, num_processes=args.num_processes, freeze_embeddings=args.freeze_embeddings,
     )
     res["train_data"] = describe_data(args)
@@ -190,16 +192,21 @@ def scale(args) -> None:
            "train_data": describe_data(args), "global_batch": args.global_batch, "seq_len": args.seq_len,
            "grad_accum": args.grad_accum, "max_steps": args.max_steps, "gpus_visible": torch.cuda.device_count(),
            "versions": runtime.library_versions(), "hardware": runtime.hardware(), "runs": []}
-    for spec in args.runs:
-        n, parallel = int(spec.split(":")[0]), (spec.split(":") + ["ddp"])[1]
-        if args.global_batch % n:
-            raise SystemExit(f"--global-batch {args.global_batch} does not split over {n} processes")
-        cfg = distill_config(args, output=Path(args.work) / f"scale-{n}-{parallel}", loss="fkl", ce_weight=0.0,
-                             max_steps=args.max_steps, batch_size=args.global_batch // n, num_processes=n,
-                             parallel=parallel)
+    for spec in args.runs:  # N[:ddp|fsdp[:ACCUM]]: N processes, each ACCUM micro-steps (default --grad-accum)
+        parts = spec.split(":")
+        n, parallel = int(parts[0]), (parts + ["ddp"])[1]
+        accum = int(parts[2]) if len(parts) > 2 else args.grad_accum
+        per_step = args.global_batch * args.grad_accum  # sequences per optimizer step, the same in every run
+        if per_step % (n * accum):
+            raise SystemExit(f"{per_step} sequences per step do not split over {n} processes x {accum} micro-steps")
+        # packing.batch_indices numbers blocks by global micro-step, so every split sees the same blocks per step
+        cfg = distill_config(args, output=Path(args.work) / f"scale-{n}-{parallel}-a{accum}", loss="fkl",
+                             ce_weight=0.0, max_steps=args.max_steps, batch_size=per_step // (n * accum),
+                             num_processes=n, parallel=parallel, grad_accum=accum)
         t = time.time()
         m = distill(cfg).metrics
-        run = {"processes": n, "parallel": parallel, "wall_s": round(time.time() - t, 1),
+        run = {"processes": n, "parallel": parallel, "grad_accum": accum, "batch_per_process": per_step // (n * accum),
+               "wall_s": round(time.time() - t, 1),
                **{k: m[k] for k in ("steps", "tokens_seen", "train_time_s", "tokens_per_s", "tokens_per_s_steady",
                                     "teacher_ppl", "initial_student_ppl", "student_ppl", "heldout_kd", "kept_layers")}}
         out["runs"].append(run)
@@ -296,6 +303,8 @@ def main() -> None:
     pr.add_argument("--wikitext", required=True, help="wiki.test.tokens")
     pr.add_argument("--work", default="/tmp/distill-bench")
     pr.add_argument("--max-time", type=float, default=300.0, help="training seconds")
+    pr.add_argument("--max-steps", type=int, default=None,
+                    help="train this many steps instead of --max-time seconds (a rebuild that does not depend on speed)")
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--loss", default="fkl")
     pr.add_argument("--temperature", type=float, default=1.0)

@@ -25,7 +25,7 @@ mkdir -p "$OUT" $Q
 COMMON="--model $REF --device cuda --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin
   --heldout-max-tokens 131072 --calib-samples 128 --calib-seqlen 512 --context 1024 --kl-tokens 16384"
 shard() {  # NAME ROWS GROUPS SEEDS
-  OMP_NUM_THREADS=3 python3 benchmarks/quality_table.py $COMMON --rows "$2" --groups "$3" --seeds "$4" \
+  OMP_NUM_THREADS=${SHARD_THREADS:-3} python3 benchmarks/quality_table.py $COMMON --rows "$2" --groups "$3" --seeds "$4" \
     --work $Q/"$1" --out "$OUT/qt_$1.json" > /tmp/ref/"$1".log 2>&1
   echo "shard $1 rc $?" >> /tmp/ref/status
 }
@@ -33,6 +33,7 @@ case $1 in
 model)
   python3 benchmarks/gpu_distill.py run --mode kd --teacher /tmp/m/model.gguf --train $D/distill_train_noausten.txt.xz \
     --mix $D/wiki.valid.tokens --mix-repeat 10 --student-layers 16 --lr 1e-3 --max-time "${MAX_TIME:-330}" \
+    ${MAX_STEPS:+--max-steps $MAX_STEPS} \
     --wikitext $D/wiki.test.tokens --work /tmp/ref --out "$OUT/reference_distill.json" > /tmp/ref/model.log 2>&1
   echo "model rc $?" >> /tmp/ref/status
   [ -f $REF/config.json ] && touch /tmp/ref/.model ;;
@@ -67,11 +68,43 @@ redo)  # session 8's second round after the CUDA load fix (models._from_pretrain
       Q=$Q OUT=$OUT shard $2 $3 $4 $5" > /dev/null 2>&1 &
   done
   CUDA_VISIBLE_DEVICES=0 setsid nohup bash "$0" llama > /dev/null 2>&1 & ;;
+chain9)  # session 9: the model rebuilt by steps (session 8's run reached 789 in its 330 s), then this session's rows
+  mkdir -p /tmp/ref && MAX_STEPS=${MAX_STEPS:-789} bash "$0" model
+  [ -f /tmp/ref/.model ] || exit 1
+  for spec in "A bf16,rtn,rtn-asym 64,32 0" "B0 gptq-ours 64,32 0" "B1 gptq-ours 64,32 1" "B2 gptq-ours 64,32 2" \
+      "C0 gptq-ours-sym 64,32 0" "C1 gptq-ours-sym 64,32 1" "C2 gptq-ours-sym 64,32 2" "D budget 64 0"; do
+    set -- $spec; SHARD_THREADS=2 shard $1 $2 $3 $4 &
+  done
+  bash "$0" llama9 &
+  wait ;;
+llama9)  # llama.cpp's Q4_0/Q4_1/Q4_K_M of the reference against our GPTQ g32 (defaults: Q4_1; --sym: Q4_0) exported
+  for v in "gptq-g32" "gptq-sym-g32 --sym"; do
+    set -- $v; python3 -m compress quantize $REF --method gptq --group-size 32 ${2:-} --device cuda -o $Q/$1 \
+      --overwrite >> /tmp/ref/llama.log 2>&1
+  done
+  python3 benchmarks/quality_llamacpp.py --model $REF --artifact ours-gptq-g32=$Q/gptq-g32 \
+    --artifact ours-gptq-sym-g32=$Q/gptq-sym-g32 --llama-types q4_0,q4_1,q4_k_m --dense-type q8_0 \
+    --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin \
+    --heldout-max-tokens 131072 --context 1024 --kl-tokens 16384 --threads 8 --device cuda --work /tmp/ref/gguf \
+    --out "$OUT/qt_L.json" >> /tmp/ref/llama.log 2>&1
+  echo "llama rc $?" >> /tmp/ref/status ;;
+smol15)  # issue 15: SmolLM2 (the GGUF source) int4 g32 exported, against llama.cpp's own quantizers, whole WikiText-2
+  S=/tmp/smol; mkdir -p $S
+  for v in "gptq-sym-g32 gptq --sym" "gptq-g32 gptq" "rtn-g32 rtn"; do
+    set -- $v; python3 -m compress quantize /tmp/m/model.gguf --method $2 --group-size 32 ${3:-} --device cuda \
+      -o $S/$1 --overwrite >> /tmp/ref/smol.log 2>&1; echo "smol $1 rc $?" >> /tmp/ref/status
+  done
+  python3 benchmarks/quality_llamacpp.py --model /tmp/m/model.gguf --artifact ours-gptq-sym-g32=$S/gptq-sym-g32 \
+    --artifact ours-gptq-g32=$S/gptq-g32 --artifact ours-rtn-g32=$S/rtn-g32 --llama-types q4_0,q4_1,q4_k_m \
+    --dense-type q8_0 --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout-max-tokens 131072 \
+    --context 512 --kl-tokens 16384 --threads 8 --device cuda --work $S/gguf --out "$OUT/smol_llamacpp.json" \
+    >> /tmp/ref/smol.log 2>&1
+  echo "smol rc $?" >> /tmp/ref/status ;;
 peers)
   for _ in $(seq 200); do [ -f /tmp/ref/.model ] && break; sleep 5; done
   shard F autoround-ours 128,32 0 &
   shard G autoround 128,32 0 &
   wait ;;
 *)
-  echo "usage: $0 model|chain|llama|peers" >&2; exit 2 ;;
+  echo "usage: $0 model|chain|llama|peers|chain9|llama9|smol15" >&2; exit 2 ;;
 esac

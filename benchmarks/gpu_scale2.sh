@@ -90,7 +90,7 @@ ONLY=${ONLY:-12345}                  # which steps to run (e.g. ONLY=5 after a c
 if [[ $ONLY == *1* ]]; then
 log "1. scale: 1, 2 ddp, 2 fsdp"
 python3 benchmarks/gpu_distill.py scale --teacher "$TEACHER" --train "$TRAIN" --mix "$WIKI" --mix-repeat 10 \
-  --runs 1 2 2:fsdp --max-steps "$STEPS" --global-batch "$GB" --grad-accum "$ACCUM" --seq-len "$SEQ" --lr 1e-3 \
+  --runs ${RUNS:-1 2 2:fsdp} --max-steps "$STEPS" --global-batch "$GB" --grad-accum "$ACCUM" --seq-len "$SEQ" --lr 1e-3 \
   --warmup-steps 10 --eval-tokens "$EVAL" --student-layers "$LAYERS" --device "$DEVICE" --work "$W/scale" \
   --out "$OUT/distill_scale_gpu.json" 2>&1 | grep '^{' ; log "scale rc=${PIPESTATUS[0]}"
 fi

@@ -23,6 +23,11 @@
 #   3. carry .part/model.gguf.02              bash benchmarks/gpu_x2.sh go     (both chains start detached)
 #   4. carry .whlbnb                          bash benchmarks/gpu_x2.sh bnb    (bitsandbytes, 41 MiB, for the nf4 row)
 #   5. no carry, repeated                     bash benchmarks/gpu_x2.sh poll   (waits; $OUT gets what is finished)
+# Session 9 (issue 18's scaling, then issue 16's rows + issue 15's SmolLM2 llama.cpp rows on GPU 0, the recipe on GPU 1):
+#   1. carry .whl .part/model.gguf.00         bash benchmarks/gpu_x2.sh setup
+#   2. carry .gl .whl3 .part/model.gguf.01    bash benchmarks/gpu_x2.sh piece
+#   3. carry .part/model.gguf.02              bash benchmarks/gpu_x2.sh go9
+#   4. no carry, repeated                     bash benchmarks/gpu_x2.sh poll
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}
@@ -91,23 +96,37 @@ go)
     OUT=/tmp/out_ref bash benchmarks/gpu_reference.sh peers' > /tmp/gpu1.log 2>&1 &
   CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash benchmarks/gpu_reference.sh chain > /tmp/gpu0.log 2>&1 &
   sleep ${WAIT_S:-530}; bash "$0" status ;;
+go9)  # session 9: issue 18's scaling on both GPUs first (a speed run: nothing else on the GPUs), then, detached,
+  # GPU 0: the reference + issue 16's rows (gpu_reference.sh chain9) and issue 15's SmolLM2 rows (smol15, llama.cpp on
+  # the host CPU); GPU 1: recipes/gpu-quick.yaml (gpu_recipe.sh run, resumed until it finishes)
+  assemble || exit 1
+  rm -rf /tmp/gq /tmp/ref /tmp/smol; mkdir -p /tmp/out_recipe /tmp/ref /tmp/out_ref /tmp/out_scale
+  for _ in $(seq 30); do pgrep -f "marli[n]_bf16" > /dev/null || break; sleep 5; done
+  OUT=/tmp/out_scale ONLY=1 STEPS=${STEPS:-60} RUNS="1 2 2:ddp:1" timeout ${SCALE_S:-300} bash benchmarks/gpu_scale2.sh
+  cp /tmp/out_scale/*.json "$OUT/" 2>/dev/null
+  CUDA_VISIBLE_DEVICES=1 setsid nohup bash -c 'for i in 1 2 3 4; do OUT=/tmp/out_recipe bash benchmarks/gpu_recipe.sh run \
+      > /tmp/recipe.log 2>&1; grep -q "recipe finished" /tmp/recipe.log && break; done; echo done > /tmp/recipe.done' \
+    > /tmp/gpu1.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash benchmarks/gpu_reference.sh chain9 > /tmp/gpu0.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash benchmarks/gpu_reference.sh smol15 > /tmp/smol0.log 2>&1 &
+  sleep ${WAIT_S:-200}; bash "$0" status ;;
 bnb)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whlbnb/*.whl \
     && touch /tmp/site/.bnb
   sleep ${WAIT_S:-540}; bash "$0" status ;;
 poll)
   for _ in $(seq ${WAIT_N:-108}); do
-    [ -f /tmp/recipe.done ] && grep -q "^llama rc" /tmp/ref/status 2>/dev/null && ! pgrep -f quality_table > /dev/null && break
+    [ -f /tmp/recipe.done ] && grep -q "^llama rc" /tmp/ref/status 2>/dev/null && ! pgrep -f quality_ > /dev/null && break
     sleep 5
   done
   bash "$0" status ;;
 status)  # what ran so far; results tarred into $OUT (at most 8 files come back)
-  cat /tmp/ref/status 2>/dev/null; tail -3 /tmp/ref/model.log 2>/dev/null
+  cat /tmp/ref/status 2>/dev/null; tail -3 /tmp/ref/model.log 2>/dev/null; grep -v -i warn /tmp/ref/smol.log 2>/dev/null | tail -3
   for f in /tmp/ref/[A-Z].log; do echo "== $f"; grep -c '"row"' "$f"; grep -v -i warn "$f" | tr '\r' '\n' | grep -i "error\|skipped" | tail -2; done
   grep -v "^\s*$" /tmp/recipe.log 2>/dev/null | tail -8; cat /tmp/recipe.done 2>/dev/null
   (cd /tmp/out_ref 2>/dev/null && tar czf "$OUT/ref_results.tar.gz" . )
   (cd /tmp/out_recipe 2>/dev/null && tar czf "$OUT/gpu_quick.tar.gz" . )
-  tar czf "$OUT/logs.tar.gz" /tmp/ref/*.log /tmp/recipe.log /tmp/gpu0.log /tmp/gpu1.log 2>/dev/null
+  tar czf "$OUT/logs.tar.gz" /tmp/ref/*.log /tmp/recipe.log /tmp/gpu0.log /tmp/gpu1.log /tmp/smol0.log 2>/dev/null
   ls -la "$OUT"; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
 recipe)
   for _ in $(seq ${WAIT:-110}); do [ -f /tmp/recipe.done ] && break; sleep 5; done

@@ -2,10 +2,10 @@
 
 Rows, each a GGUF file run by llama.cpp (llama-cpp-python):
 - `llamacpp-f16`: our F16 export of the source (`compress export --format gguf`), llama.cpp's own baseline;
-- `llamacpp-q4_0`, `llamacpp-q4_k_m`: llama.cpp's quantizer (`llama_model_quantize`, round to nearest / k-quants)
-  applied to that F16, i.e. what a llama.cpp user gets;
+- `llamacpp-q4_0`, `llamacpp-q4_k_m` (--llama-types): llama.cpp's quantizer (`llama_model_quantize`, round to
+  nearest / k-quants) applied to that F16, i.e. what a llama.cpp user gets;
 - `NAME-q4_0` for every `--artifact NAME=DIR`: our int4 artifact exported without re-quantizing (g32 sym → Q4_0,
-  asym → Q4_1), e.g. `compress quantize --method gptq --group-size 32`.
+  asym → Q4_1; the embedding/head as --dense-type), e.g. `compress quantize --method gptq --group-size 32`.
 
 Scoring matches quality_table.py exactly: the texts are tokenized once with the source's HF tokenizer
 (compress.data.tokenize_stream), cut by compress.evaluate.perplexity.score_stream into the same disjoint windows,
@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--kl-tokens", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default=None, help="where the source runs for KL")
+    ap.add_argument("--llama-types", default="q4_0,q4_k_m", help="llama.cpp's own quantizations of the F16 export")
+    ap.add_argument("--dense-type", default="f16", choices=["f16", "q8_0"],
+                    help="how our exports write the unquantized embedding/head (q8_0: as llama.cpp's Q4_0 does)")
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -91,7 +94,8 @@ def build_files(src, args, work: Path) -> dict[str, tuple[str, float]]:
     f16 = work / "source-f16.gguf"
     export_gguf(src, f16, overwrite=True)
     files["llamacpp-f16"] = (str(f16), time.perf_counter() - t0)
-    for name, ftype in (("llamacpp-q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0"), ("llamacpp-q4_k_m", "LLAMA_FTYPE_MOSTLY_Q4_K_M")):
+    for kind in args.llama_types.split(","):
+        name, ftype = f"llamacpp-{kind}", f"LLAMA_FTYPE_MOSTLY_{kind.upper()}"
         t0 = time.perf_counter()
         out = work / f"{name}.gguf"
         files[name] = (str(out) if llama_quantize(str(f16), str(out), ftype) else f"failed: {ftype}",
@@ -101,7 +105,7 @@ def build_files(src, args, work: Path) -> dict[str, tuple[str, float]]:
         t0 = time.perf_counter()
         out = work / f"{name}.gguf"
         try:
-            export_gguf(path, out, overwrite=True)
+            export_gguf(path, out, overwrite=True, dense_type=args.dense_type)
             files[f"{name}-gguf"] = (str(out), time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 - a refused layout is a row with its reason
             files[f"{name}-gguf"] = (f"failed: {str(e).strip().splitlines()[0][:200]}", 0.0)

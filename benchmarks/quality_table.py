@@ -1,12 +1,14 @@
 """Side-by-side int4 quality table (issue 16): our quantizers and the peers, scored on the same texts and windows.
 
-Rows (pick with --rows): bf16 (the source as stored), rtn, gptq-gptqmodel (gptqmodel's own defaults: what
-`compress quantize` sets explicitly is only bits/group/sym/desc_act, and gptqmodel's damp default 0.05 replaces
-ours), gptq-ours (`compress quantize --method gptq` defaults), budget (`--bits-budget`), autoround (auto-round called
-directly, its own tokenization of the calibration texts), autoround-ours (`compress quantize --method autoround`: the
-same library on our calibration blocks, --autoround-iters steps),
-nf4 (bitsandbytes, block 64), hqq (the hqq library), torchao-int4 (Int4WeightOnlyConfig). Candidate defaults, each
-changing ONE thing from gptq-ours: gptq-mse (--mse 2.4: gptqmodel's shrunk-scale search; P from
+Rows (pick with --rows): bf16 (the source as stored), rtn (symmetric, signed-peak grid), rtn-asym, gptq-gptqmodel
+(gptqmodel's own defaults: sym, no scale search, damp 0.05, on the built-in docs; since session 9 on our signed-peak
+symmetric grid, compress/quantize/grid.py, so session 8's rows are the ones on gptqmodel's grid), gptq-ours (`compress quantize
+--method gptq` defaults: asym, --mse 2.0, --calib mix), gptq-ours-sym (the same with --sym: the Q4_0-exportable
+grid), budget (`--bits-budget`, defaults otherwise), autoround (auto-round called directly, its own tokenization of
+the calibration texts), autoround-ours (`compress quantize --method autoround`: the same library on our calibration
+blocks, --autoround-iters steps), nf4 (bitsandbytes, block 64), hqq (the hqq library), torchao-int4
+(Int4WeightOnlyConfig). Session 8's candidates, each changing ONE thing from gptq-old (the defaults until then: sym,
+no scale search, the built-in docs): gptq-mse (--mse 2.4: gptqmodel's shrunk-scale search; P from
 quality_mse_sweep.py), gptq-asym (--asym), gptq-actorder (--act-order), gptq-mix (--calib mix, the four-domain
 offline text); gptq-best combines the ones expected to help (mix + asym + mse 2.4). Each at every
 --groups size (nf4: bitsandbytes' block 64 only); calibrated rows once per --seeds seed, the others once.
@@ -48,13 +50,15 @@ from compress.models import checkpoint_dir, load_causal_lm, load_tokenizer, reso
 from compress.quantize import make_config, quantize
 from compress.quantize.budget import decoder_linears
 
-CANDIDATES = {  # one change each from gptq-ours (issue 16's open defaults), then the combination
-    "gptq-mse": dict(mse=2.4), "gptq-asym": dict(sym=False), "gptq-actorder": dict(act_order=True),
-    "gptq-mix": dict(calib="mix"), "gptq-best": dict(calib="mix", sym=False, mse=2.4),
+OLD = dict(sym=True, mse=0.0, calib="builtin")  # `compress quantize --method gptq` defaults until session 8
+CANDIDATES = {  # one change each from the old defaults (issue 16's open defaults), then the combination
+    "gptq-old": OLD, "gptq-mse": OLD | dict(mse=2.4), "gptq-asym": OLD | dict(sym=False),
+    "gptq-actorder": OLD | dict(act_order=True), "gptq-mix": OLD | dict(calib="mix"),
+    "gptq-best": dict(calib="mix", sym=False, mse=2.4),
 }
-CALIBRATED = {"gptq-gptqmodel", "gptq-ours", "budget", "autoround", "autoround-ours", *CANDIDATES}
-ALL_ROWS = ("bf16,rtn,gptq-gptqmodel,gptq-ours,budget,autoround,autoround-ours,nf4,hqq,torchao-int4,"
-            + ",".join(CANDIDATES))
+CALIBRATED = {"gptq-gptqmodel", "gptq-ours", "gptq-ours-sym", "budget", "autoround", "autoround-ours", *CANDIDATES}
+ALL_ROWS = ("bf16,rtn,rtn-asym,gptq-gptqmodel,gptq-ours,gptq-ours-sym,budget,autoround,autoround-ours,nf4,hqq,"
+            "torchao-int4," + ",".join(CANDIDATES))
 
 
 def main() -> None:
@@ -65,7 +69,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--wikitext", required=True, help="wiki.test.tokens")
     ap.add_argument("--heldout", action="append", default=[], help="held-out corpus text (data spec); repeatable")
-    ap.add_argument("--calib", default="builtin")
+    ap.add_argument("--calib", default=None, help="calibration text for every calibrated row (default: each "
+                    "method's own; the gptq-old/candidate rows fix theirs)")
     ap.add_argument("--calib-samples", type=int, default=128)
     ap.add_argument("--calib-seqlen", type=int, default=512)
     ap.add_argument("--budget", type=float, default=4.5)
@@ -154,11 +159,16 @@ def _head(docs: list[str], chars: int) -> list[str]:
 
 def build(row, group, seed, src, model_spec, tok, args, device, work):
     """(model ready to score, artifact dir or None)."""
-    calib = dict(calib=args.calib, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=seed)
+    calib = dict(calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, seed=seed)
+    if args.calib:  # else each method's own default (gptq: mix)
+        calib["calib"] = args.calib
     plans = {
         "rtn": dict(method="rtn", group_size=group),
+        "rtn-asym": dict(method="rtn", group_size=group, sym=False),
         "gptq-ours": dict(method="gptq", group_size=group, **calib),
-        "gptq-gptqmodel": dict(method="gptq", group_size=group, damp=0.05, **calib),
+        "gptq-ours-sym": dict(method="gptq", group_size=group, sym=True, **calib),
+        "gptq-gptqmodel": dict(method="gptq", group_size=group, damp=0.05, sym=True, mse=0.0,
+                               **({"calib": "builtin"} | calib)),
         "budget": dict(method="gptq", group_size=group, bits_budget=args.budget, **calib),
         "autoround-ours": dict(method="autoround", group_size=group, iters=args.autoround_iters, **calib),
     } | {name: dict(method="gptq", group_size=group, **(calib | change)) for name, change in CANDIDATES.items()}

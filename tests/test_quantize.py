@@ -234,3 +234,21 @@ def test_smollm2_gptq_beats_rtn_and_halves_size(smol_int4, smollm2_gguf):
     assert meta.source.kind == "gguf" and meta.config["group_size"] == 64  # 128 does not divide 576 (groups.py)
     assert meta.config["group_size_requested"] == 128
     assert json.loads((Path(gptq.output) / "config.json").read_text())["quantization_config"]["format"] == "gptq"
+
+
+def test_sym_grid_is_signed_peak(tiny_artifacts, tiny_model):
+    """Symmetric RTN puts each group's largest-magnitude weight exactly on the grid (llama.cpp's Q4_0 rule: step =
+    signed peak / −8, so scales take both signs), which leaves less squared error than gptqmodel's own symmetric
+    grid (step 2·max|w|/15, the largest positive weight clipped); compress.json says which grid ran."""
+    art = tiny_artifacts["rtn"]
+    assert read_meta(art).config["backend"]["sym_grid"] == "signed-peak"
+    w = load_causal_lm(str(tiny_model), device="cpu").model.layers[0].mlp.up_proj.weight.detach().float()
+    wq = dequantized_reference(art).model.layers[0].mlp.up_proj.weight.detach().float()
+    g = w.reshape(w.shape[0], -1, 32)
+    peak = g.gather(2, g.abs().argmax(2, keepdim=True))
+    on_grid = wq.reshape(g.shape).gather(2, g.abs().argmax(2, keepdim=True))
+    assert torch.allclose(on_grid, peak, rtol=2e-3, atol=0)  # exact up to the fp16 scale
+    assert (peak > 0).any() and (peak < 0).any()  # both signs of step occurred
+    step = g.abs().amax(2, keepdim=True) * 2 / 15  # gptqmodel's symmetric RTN
+    classic = (torch.clamp(torch.round(g / step) + 8, 0, 15) - 8) * step
+    assert ((wq.reshape(g.shape) - g) ** 2).sum() < 0.95 * ((classic - g) ** 2).sum()

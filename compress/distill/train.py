@@ -47,6 +47,7 @@ from compress.errors import CompressError
 
 CKPT_PREFIX = "step-"
 WARM_STEPS = 5
+READ_EVERY = 10  # steps between reads of the losses from the device (each read waits for the GPU)
 STATE_FILE = "state.json"
 # Calibration tokens of the greedy layer choice (config.layer_select_tokens, when not given). 30 -> 8 on
 # SmolLM2 costs ~31G multiply-adds per token: 256 tokens take 212 s of one core here, 2,048 about 8x that.
@@ -432,8 +433,11 @@ def _train(cfg: DistillConfig) -> DistillResult:
     run_start, run_start_time_s, run_tokens = time.time(), state["train_time_s"], 0
     warm, first_step = None, step  # warm: (time, tokens) WARM_STEPS steps into this process's run
     stopped_by_time = False
+    pending: list[tuple[int, torch.Tensor]] = []  # (step, [loss, kd, ce] on the device) not yet in the curve
     while cfg.max_steps is None or step < cfg.max_steps:
-        elapsed = _agree(acc, run_start_time_s + time.time() - run_start)
+        elapsed = run_start_time_s + time.time() - run_start
+        if cfg.max_time is not None:  # stop (and schedule) on process 0's clock; a host sync, so only when timed
+            elapsed = _agree(acc, elapsed)
         if cfg.max_time is not None and elapsed >= cfg.max_time:
             stopped_by_time = True
             break
@@ -444,7 +448,7 @@ def _train(cfg: DistillConfig) -> DistillResult:
         for micro in range(cfg.grad_accum):
             g = step * cfg.grad_accum + micro
             idx = batch_indices(g, len(data.train), cfg.batch_size, acc.num_processes, acc.process_index, cfg.seed)
-            x = data.train[idx].to(acc.device)  # [B, S]
+            x = _to_device(data.train[idx], acc.device)  # [B, S]
             labels = x[:, 1:]
             sync = acc.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext()
             with sync:
@@ -464,15 +468,15 @@ def _train(cfg: DistillConfig) -> DistillResult:
         step += 1
         tokens_seen += tokens_per_step
         run_tokens += tokens_per_step
-        loss, kd, ce = logs.tolist()
         if step % curve_every == 0 or step == 1:
-            state["loss_curve"].append([step, round(loss, 5), round(kd, 5), round(ce, 5)])
-        wall = time.time() - run_start
+            pending.append((step, logs))
         if warm is None and step - first_step == WARM_STEPS:
             warm = (time.time(), run_tokens)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", kd=f"{kd:.4f}", ce=f"{ce:.3f}", lr=f"{lr:.2e}",
-                        tok_s=f"{run_tokens / max(wall, 1e-9):,.0f}", refresh=False)
+        if step % READ_EVERY == 0 or step == cfg.max_steps:  # read the losses back without a sync per step
+            loss, kd, ce = _read_logs(pending, logs, state["loss_curve"])
+            bar.set_postfix(loss=f"{loss:.4f}", kd=f"{kd:.4f}", ce=f"{ce:.3f}", lr=f"{lr:.2e}",
+                            tok_s=f"{run_tokens / max(time.time() - run_start, 1e-9):,.0f}", refresh=False)
         if cfg.eval_every and step % cfg.eval_every == 0:
             ev = _evaluate(acc, model, teacher, data, cfg)
             state["history"].append({"step": step, "tokens_seen": tokens_seen, **ev})
@@ -480,9 +484,11 @@ def _train(cfg: DistillConfig) -> DistillResult:
                 tqdm.write(f"step {step}: student ppl {ev['student_ppl']:.3f} (teacher {teacher_ppl:.3f}), "
                            f"held-out {cfg.loss} {ev['heldout_kd']:.4f}")
         if cfg.save_every and step % cfg.save_every == 0:
+            _read_logs(pending, None, state["loss_curve"])
             state.update(step=step, tokens_seen=tokens_seen, train_time_s=run_start_time_s + time.time() - run_start)
             _save_checkpoint(acc, cfg, model, optimizer, state)
     bar.close()
+    _read_logs(pending, None, state["loss_curve"])
     loop_end = time.time()
     train_time = run_start_time_s + loop_end - run_start
     state.update(step=step, tokens_seen=tokens_seen, train_time_s=train_time)
@@ -517,6 +523,25 @@ def _train(cfg: DistillConfig) -> DistillResult:
         shutil.rmtree(cfg.ckpt_dir, ignore_errors=True)
     acc.wait_for_everyone()
     return DistillResult(output, metrics)
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch to the GPU without a stream sync (pinned, non-blocking), so the host can queue the next step."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
+def _read_logs(pending: list, last: torch.Tensor | None, curve: list) -> tuple[float, float, float]:
+    """Move the pending loss-curve points to `curve` in one readback; return `last` as floats (if given)."""
+    tensors = [t for _, t in pending] + ([last] if last is not None else [])
+    if not tensors:
+        return 0.0, 0.0, 0.0
+    values = torch.stack(tensors).tolist()
+    for (step, _), (loss, kd, ce) in zip(pending, values):
+        curve.append([step, round(loss, 5), round(kd, 5), round(ce, 5)])
+    pending.clear()
+    return tuple(values[-1])
 
 
 def _agree(acc, value: float) -> float:

@@ -31,6 +31,7 @@ import torch
 
 from compress import runtime
 from compress.errors import CompressError
+from compress.quantize import grid
 from compress.quantize.config import Method, QuantizeConfig
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -43,29 +44,13 @@ def _gptqmodel():
     from gptqmodel.looper import loop_processor
     from gptqmodel.quantization import quantizer
 
-    if not getattr(quantizer.Quantizer.find_params, "_compress_v1_zero", False):
-        quantizer.Quantizer.find_params = _v1_representable_zero(quantizer.Quantizer.find_params)
+    grid.install(quantizer.Quantizer)
 
     from compress.models import cache_dir
 
     # gptqmodel writes per-layer logs to ./logs of whatever directory the user is in; keep them in our cache.
     loop_processor._PROJECT_LOG_DIR = cache_dir() / "gptqmodel-logs"
     return gptqmodel
-
-
-def _v1_representable_zero(find_params):
-    """GPTQ v1 stores zero − 1 in packed words, so an asymmetric zero point of 0 is written as −1, and loaders
-    that convert v1 to v2 by adding 1 to each packed word carry that overflow into the neighbouring zero point
-    (a 2-bit asym + `mse` artifact reloaded 6.6% off; `mse`'s adjacent-zero search makes 0 frequent). Clamping
-    the zero to ≥ 1 while GPTQ runs keeps the grid representable; codes and error feedback follow the clamped grid."""
-    def wrapped(self, x, weight=False):
-        out = find_params(self, x, weight)
-        if not self.qcfg.sym and self.maxq > 0:
-            self.zero.clamp_(min=1)
-        return out
-
-    wrapped._compress_v1_zero = True
-    return wrapped
 
 
 def backend_config(cfg: QuantizeConfig, keep: list[str] | None = None) -> dict:
@@ -107,13 +92,17 @@ def quantize_gptq(src: str, cfg: QuantizeConfig, calib_ids: torch.Tensor | None,
     calibration = None
     if calib_ids is not None:
         calibration = [{"input_ids": row.tolist(), "attention_mask": [1] * row.numel()} for row in calib_ids]
-    model.quantize(calibration, batch_size=4 if device == "cpu" else 8)
+    with grid.signed_sym():
+        model.quantize(calibration, batch_size=4 if device == "cpu" else 8)
     model.save(str(out))
     for junk in ("quant_log.csv",):
         (out / junk).unlink(missing_ok=True)
     quantized = sorted(n for n, w in (widths or {}).items() if w == cfg.base_bits) if keep else None
     backend = finish_checkpoint(out, cfg, source_dtype, quantized)
-    return {"gptqmodel": qkw, "load_backend": backend}
+    extra = {"gptqmodel": qkw, "load_backend": backend}
+    if cfg.sym:
+        extra["sym_grid"] = grid.SYM_GRID
+    return extra
 
 
 def finish_checkpoint(out: Path, cfg: QuantizeConfig, source_dtype: str, quantized: list[str] | None = None) -> str:
