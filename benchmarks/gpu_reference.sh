@@ -100,6 +100,30 @@ smol15)  # issue 15: SmolLM2 (the GGUF source) int4 g32 exported, against llama.
     --context 512 --kl-tokens 16384 --threads 8 --device cuda --work $S/gguf --out "$OUT/smol_llamacpp.json" \
     >> /tmp/ref/smol.log 2>&1
   echo "smol rc $?" >> /tmp/ref/status ;;
+rescue9)  # session 9, when GPTQ with the MSE search proved ~8 min per run under load: one run per shard, both GPUs
+  for _ in $(seq 150); do [ -f /tmp/ref/.model ] && break; sleep 4; done
+  [ -f /tmp/ref/.model ] || exit 1
+  for spec in "0 A bf16,rtn,rtn-asym 64,32 0" "0 B64 gptq-ours 64 0" "0 B32 gptq-ours 32 0" "1 C64 gptq-ours-sym 64 0" \
+      "1 C32 gptq-ours-sym 32 0" "1 D budget 64 0"; do
+    set -- $spec; CUDA_VISIBLE_DEVICES=$1 SHARD_THREADS=2 shard $2 $3 $4 $5 &
+  done
+  CUDA_VISIBLE_DEVICES=0 python3 benchmarks/quality_llamacpp.py --model $REF --llama-types q4_0,q4_1,q4_k_m \
+    --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin \
+    --heldout-max-tokens 131072 --context 1024 --kl-tokens 16384 --threads 6 --device cuda --work /tmp/ref/gguf \
+    --out "$OUT/qt_L.json" >> /tmp/ref/llama.log 2>&1
+  echo "llama rc $?" >> /tmp/ref/status
+  wait ;;
+smolscore)  # issue 15's scoring once the SmolLM2 GPTQ sym g32 run (smol15's first) has finished; plus RTN (fast)
+  S=/tmp/smol
+  CUDA_VISIBLE_DEVICES=1 python3 -m compress quantize /tmp/m/model.gguf --method rtn --group-size 32 --device cuda \
+    -o $S/rtn-g32 --overwrite >> /tmp/ref/smol.log 2>&1; echo "smol rtn rc $?" >> /tmp/ref/status
+  while pgrep -f "compress quantize /tmp/m/model.gguf --method gptq" > /dev/null; do sleep 3; done
+  python3 benchmarks/quality_llamacpp.py --model /tmp/m/model.gguf --artifact ours-gptq-sym-g32=$S/gptq-sym-g32 \
+    --artifact ours-rtn-g32=$S/rtn-g32 --llama-types q4_0,q4_1 \
+    --dense-type q8_0 --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout-max-tokens 131072 \
+    --context 512 --kl-tokens 16384 --threads 10 --device cuda --work $S/gguf --out "$OUT/smol_llamacpp.json" \
+    >> /tmp/ref/smol.log 2>&1
+  echo "smol rc $?" >> /tmp/ref/status ;;
 peers)
   for _ in $(seq 200); do [ -f /tmp/ref/.model ] && break; sleep 5; done
   shard F autoround-ours 128,32 0 &

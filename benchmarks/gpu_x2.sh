@@ -110,6 +110,21 @@ go9)  # session 9: issue 18's scaling on both GPUs first (a speed run: nothing e
   CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash benchmarks/gpu_reference.sh chain9 > /tmp/gpu0.log 2>&1 &
   CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash benchmarks/gpu_reference.sh smol15 > /tmp/smol0.log 2>&1 &
   sleep ${WAIT_S:-200}; bash "$0" status ;;
+rescue9)  # session 9: GPTQ with the MSE search took ~8 min per run under load; the recipe (GPU 1) showed no progress.
+  # Stop the recipe and chain9 before its 8 two-run shards, and start one run per shard on both GPUs instead.
+  tail -3 /tmp/gpu1.log; grep -v -i warn /tmp/recipe.log | tr '\r' '\n' | grep -v "^\s*$" | tail -4
+  pkill -f "gpu_recipe.sh"; pkill -f "compress run"; pkill -f "gpu_reference.sh chain9"; pkill -f "gpu_reference.sh smol15"
+  sleep 1
+  OUT=/tmp/out_ref setsid nohup bash benchmarks/gpu_reference.sh rescue9 > /tmp/rescue.log 2>&1 &
+  OUT=/tmp/out_ref setsid nohup bash benchmarks/gpu_reference.sh smolscore > /tmp/smolscore.log 2>&1 &
+  sleep ${WAIT_S:-150}; cat /tmp/ref/status; pgrep -fc "[q]uality_table"; tail -c 200 /tmp/ref/smol.log
+  nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
+trim9)  # chain9 had already started its 8 shards and llama9 when rescue9 ran: keep rescue9's, stop the rest
+  pkill -f "gpu_reference.sh llama9"; pkill -f "compress quantize /tmp/ref/student-kd"
+  for w in B0 B1 B2 C0 C1 C2; do pkill -f -- "--work /tmp/ref/q/$w "; done
+  for w in A D; do o=$(pgrep -o -f -- "python3 benchmarks/quality_table.py .*--work /tmp/ref/q/$w "); [ -n "$o" ] && kill $o; done
+  sleep ${WAIT_S:-5}; pgrep -af "quality_table|quality_llamacpp|compress quantize" | cut -c1-160
+  nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
 bnb)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whlbnb/*.whl \
     && touch /tmp/site/.bnb
