@@ -42,13 +42,16 @@ def tensor_types(path: str) -> dict[str, int]:
     return dict(Counter(t.tensor_type.name for t in GGUFReader(path).tensors))
 
 
-def nll_windows(path: str, ids: list[int], ctx: int, threads: int) -> tuple[float, int]:
+def nll_windows(path: str, ids: list[int], ctx: int, threads: int, every: int = 1) -> tuple[float, int]:
+    """Summed NLL and count over the text's non-overlapping ctx windows (every `every`-th window, from the first)."""
     import llama_cpp
+    from tqdm import tqdm
 
     llm = llama_cpp.Llama(model_path=path, n_ctx=ctx, n_batch=ctx, logits_all=True, verbose=False,
                           n_threads=threads, n_threads_batch=threads)
     total, count = 0.0, 0
-    for start in range(0, len(ids) - ctx + 1, ctx):
+    starts = list(range(0, len(ids) - ctx + 1, ctx))[::every]
+    for start in tqdm(starts, desc=os.path.basename(path), unit="window"):
         window = ids[start:start + ctx]
         llm.reset()
         llm.eval(window)
@@ -68,6 +71,8 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, default=0, help="0 = the whole text")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--every", type=int, default=1,
+                    help="score every K-th window (1 = all): an even sample of the whole text when time is short")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     import llama_cpp
@@ -85,12 +90,12 @@ def main() -> None:
     from cpu_decode import lscpu_flags, write_json  # benchmarks/ is on sys.path when this script runs
 
     result = {"kind": "cpu_gguf_ppl", "schema_version": 1, "text": args.text, "ctx": args.ctx,
-              "tokens": len(ids), "threads": args.threads, "load_average": [list(os.getloadavg())],
+              "tokens": len(ids), "every": args.every, "threads": args.threads, "load_average": [list(os.getloadavg())],
               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": lscpu_flags(),
               "llama_cpp_python": llama_cpp.__version__, "complete": False, "rows": []}
     for name, path in models.items():  # the JSON is rewritten after every row, so a long run keeps its rows
         t0 = time.perf_counter()
-        nll, n = nll_windows(path, ids, args.ctx, args.threads)
+        nll, n = nll_windows(path, ids, args.ctx, args.threads, args.every)
         result["rows"].append({"name": name, "file": path, "size_bytes": os.path.getsize(path),
                                "tensor_types": tensor_types(path), "tokens_scored": n,
                                "perplexity": round(math.exp(nll / n), 4), "time_s": round(time.perf_counter() - t0, 1)})
