@@ -236,7 +236,7 @@ def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype, p
         n = teacher.config.num_hidden_layers
         if cfg.layer_selection != "even" and cfg.student_layers is not None and cfg.student_layers < n:
             keep = select_layers_greedy(teacher, cfg.student_layers, layer_select_blocks(cfg, data, device), progress,
-                                        screen=layer_select_screen(cfg))
+                                        screen=layer_select_screen(cfg), dtype=layer_select_dtype(cfg, device))
         student = derive_student(teacher, cfg.student_layers, cfg.student_intermediate_size, keep=keep, state=cpu_state)
         del cpu_state
         keep = keep if keep is not None else kept_layers(n, cfg.student_layers or n)
@@ -251,6 +251,22 @@ def layer_select_blocks(cfg: DistillConfig, data: DistillData, device: torch.dev
     tokens = cfg.layer_select_tokens or (CPU_SELECT_TOKENS if torch.device(device).type == "cpu" else GPU_SELECT_TOKENS)
     n_blocks = max(1, min(len(data.train), -(-tokens // cfg.seq_len)))
     return data.train[:n_blocks, :min(tokens, cfg.seq_len)].to(device)
+
+
+def layer_select_dtype(cfg: DistillConfig, device: torch.device) -> torch.dtype | None:
+    """The dtype the greedy choice runs in (None: the teacher's own). `auto` is bf16 on a CPU with AMX tiles,
+    where oneDNN's bf16 matmuls make the choice ~4x cheaper than in fp32; elsewhere (a GPU, or a CPU
+    without AMX, where bf16 is emulated or slow) the teacher's own."""
+    if cfg.layer_select_precision == "fp32":
+        return torch.float32
+    if cfg.layer_select_precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.device(device).type == "cpu" and _cpu_has_amx() else None
+
+
+def _cpu_has_amx() -> bool:
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent = no
+    return bool(check and check())
 
 
 def layer_select_screen(cfg: DistillConfig) -> Screen | None:
