@@ -130,7 +130,6 @@ def main() -> None:
     p.add_argument("--screen-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="float32",
                    help="run the whole choice on a copy of the teacher in this dtype (select_layers_greedy(dtype=))")
-    p.add_argument("--workers", type=int, help="candidates scored side by side (default: --threads on a CPU)")
     p.add_argument("--expect", type=int, nargs="*", help="the exact greedy's choice, to mark each run identical or not")
     p.add_argument("--variant", default="exact", help="names the default --out")
     p.add_argument("--out", help="default: benchmarks/results/distill_layer_speed_cpu_<variant>.json")
@@ -168,7 +167,6 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     res = {"what": f"greedy layer choice {n} -> {args.layers} in {args.dtype}; blocks as compress distill --data FILE "
                    f"(--seq-len {base.seq_len}) takes them", "data": args.data, "threads": args.threads, "dtype": args.dtype,
-           "workers": args.workers,
            "device": args.device, "versions": runtime.library_versions(), "hardware": runtime.hardware(),
            "cpu_flags": cpu_flags(), "screen": screen and {"tokens": screen.tokens, "keep": screen.keep,
                                                            "dtype": str(screen.dtype)},
@@ -177,7 +175,7 @@ def main() -> None:
         blocks = layer_select_blocks(base.model_copy(update={"layer_select_tokens": tokens}), data, args.device)
         trace: list = []
         keep, secs, work = timed(select_layers_greedy, teacher, args.layers, blocks, screen=screen or None, trace=trace,
-                                  dtype=dtype, workers=args.workers)
+                                  dtype=dtype)
         run = {"tokens": int(blocks.numel()), "blocks": list(blocks.shape), "seconds": secs, "kept_layers": keep,
                "identical_to_expected": None if args.expect is None else keep == args.expect, **work}
         print(json.dumps(run), flush=True)

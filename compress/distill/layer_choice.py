@@ -8,6 +8,8 @@ teacher's next-token loss on calibration blocks the least (iterative depth pruni
   blocks go through in batches. Same losses up to kernel rounding, so the same choice. The head's loss is
   taken one block at a time from the decoder's output (no [b, S, vocab] logits), and the round's winner's
   own run refreshes the cache (its suffix recorded what now enters each layer after it).
+  `dtype` runs the whole choice on a copy of the teacher in that dtype (bf16 on a CPU with AMX: the same
+  SmolLM2 30 -> 8 choice as fp32 at ~2.7x less CPU time; benchmarks/RESULTS.md, issue 18).
 - `Screen`: optional successive halving within each round of `select_layers_greedy` (every candidate on a
   token prefix, in bf16 say; the best few on all the tokens in fp32). Exact only when each round's winner
   survives its screen; `compress distill --layer-selection greedy-screened` (train.layer_select_screen).
@@ -22,10 +24,7 @@ earliest layer in both.
 from __future__ import annotations
 
 import copy
-import queue
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +33,8 @@ from compress.errors import CompressError
 
 # Logits bytes per calibration batch on the fast path (fp32 [b, S, vocab]): bounds its memory.
 _LOGIT_BYTES = 1 << 30
-# Positions per head (lm_head + cross-entropy) chunk on the fast path: 64 x 49,152 fp32 logits = 12.6 MB,
-# 20% less time than a whole 512-token block's logits at once on a CPU (benchmarks/RESULTS.md, issue 18).
+# Positions per head (lm_head + cross-entropy) chunk: 64 x 49,152 fp32 logits = 12.6 MB; in a micro-benchmark
+# on this 2-core CPU, 151 ms against 189 ms for a whole 512-token block's logits at once (issue 18).
 _HEAD_ROWS = 64
 
 
@@ -104,60 +103,31 @@ def _head_losses(head, hidden: torch.Tensor, ids: torch.Tensor) -> list[float]:
     return out
 
 
-class _Recorder:
-    """Records what enters each of a model's layers, per thread (so workers running suffixes side by side
-    each get their own): one forward pre-hook per layer for the whole choice, idle unless recording."""
-
-    def __init__(self, layers):
-        self.local = threading.local()
-        self.hooks = [layer.register_forward_pre_hook(self._hook, with_kwargs=True) for layer in layers]
-
-    def _hook(self, module, args, kwargs):
-        seen = getattr(self.local, "seen", None)
-        if seen is not None:
-            seen.append(args[0] if args else kwargs["hidden_states"])
-
-    @contextmanager
-    def recording(self, on: bool):
-        self.local.seen = [] if on else None
-        try:
-            yield self.local.seen if on else []
-        finally:
-            self.local.seen = None
-
-    def close(self) -> None:
-        for h in self.hooks:
-            h.remove()
-
-
-def _own_decoder(model):
-    """A shallow copy of a causal LM whose decoder has its own layer list and config (the layer count it
-    runs), sharing every weight and layer with `model`: a worker changes its layers without touching others'."""
-    dec = copy.copy(model.model)
-    dec._modules, dec.config = dict(dec._modules), copy.copy(dec.config)
-    top = copy.copy(model)
-    top._modules, top.config = dict(top._modules), dec.config
-    top._modules["model"] = dec
-    return top
-
-
 class _Suffixes:
     """Runs a model's decoder from a cached hidden state through a chosen list of its layers (via
-    `inputs_embeds`: only those layers, then its final norm) and records what enters each layer. Each
-    instance runs on its own copy of the decoder (`_own_decoder`), so several can run in threads at once."""
+    `inputs_embeds`: only those layers, then its final norm) and records what enters each layer."""
 
-    def __init__(self, model, original, recorder: _Recorder | None = None):
-        self.model, self.original, self.head = _own_decoder(model), original, model.get_output_embeddings()
-        self.recorder = recorder
+    def __init__(self, model, original):
+        self.model, self.original, self.head = model, original, model.get_output_embeddings()
 
     def run(self, h: torch.Tensor, layers: list[int], record: bool = False):
         """(final normed hidden states [b, S, H], [state entering each of `layers`] if record). h [b, S, H]."""
         _use_layers(self.model, self.original, layers)
-        if not record:
-            return self.model.model(inputs_embeds=h, use_cache=False).last_hidden_state, []
-        with self.recorder.recording(True) as seen:
+        seen: list[torch.Tensor] = []
+        hooks = [self.original[j].register_forward_pre_hook(self._recorder(seen), with_kwargs=True)
+                 for j in layers] if record else []
+        try:
             out = self.model.model(inputs_embeds=h, use_cache=False).last_hidden_state
+        finally:
+            for hk in hooks:
+                hk.remove()
         return out, seen
+
+    @staticmethod
+    def _recorder(seen: list[torch.Tensor]):
+        def hook(module, args, kwargs):
+            seen.append(args[0] if args else kwargs["hidden_states"])
+        return hook
 
 
 @dataclass(frozen=True)
@@ -191,7 +161,7 @@ class _Screener:
         if screen.dtype != _dtype_of(teacher):
             _use_layers(teacher, original, list(range(len(original))))
             model = _cast_copy(teacher, screen.dtype)
-        self.run = _Suffixes(model, list(model.model.layers))  # no recording: the screen only scores
+        self.run = _Suffixes(model, list(model.model.layers))
         self.rows = max(1, min(len(blocks), -(-screen.tokens // blocks.shape[1])))
         self.length = min(blocks.shape[1], screen.tokens)
         self.ids = blocks[:self.rows, :self.length]
@@ -211,8 +181,8 @@ def _dtype_of(model) -> torch.dtype:
 
 
 def _cast_copy(model, dtype: torch.dtype):
-    """A copy of `model` (all its layers) in `dtype`, made once, without the hooks on `model` (progress
-    counters, this module's recorder): they stay on `model`."""
+    """A copy of `model` (all its layers) in `dtype`, made once, without the hooks others put on `model`
+    (progress counters): they stay on `model` and are not copied."""
     hook_dicts = ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs",
                   "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
     memo = {id(getattr(m, d)): type(getattr(m, d))() for m in model.modules() for d in hook_dicts if hasattr(m, d)}
@@ -226,19 +196,15 @@ def _mean(xs: list[float]) -> float:
 @torch.no_grad()
 def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress: bool = False,
                          batch_size: int | None = None, screen: Screen | None = None,
-                         trace: list | None = None, dtype: torch.dtype | None = None,
-                         workers: int | None = None) -> list[int]:
+                         trace: list | None = None, dtype: torch.dtype | None = None) -> list[int]:
     """Indices of `n_student` teacher layers, the same choice as `select_layers_greedy_reference` on the same
     `blocks` ([B, S] token ids, on the teacher's device), at about half its layer forwards, in batches of
     `batch_size` blocks (default: as many as keep the logits of a batch under 1 GiB). `screen` (a `Screen`)
     scores only each round's best few on all the blocks: faster, exact only when the winner survives the
     screen. `trace`, a list, gets one dict per round: the kept layers, the screen's and the full per-block
-    losses by layer, the removed layer, torch's thread count and the workers. `dtype` (bf16 say) runs the
-    whole choice, screen and full scoring, on a copy of the teacher in that dtype, made once (None: the
-    teacher's own); the losses then differ from the teacher's by that dtype's rounding, so the choice can
-    differ too. `workers`: candidates scored side by side in threads, each op on one thread (default: on a
-    CPU, torch's thread count; on a GPU 1). The same losses as one worker on one thread: independent
-    candidates need no OpenMP barrier per op, which on a busy CPU stalls every small op."""
+    losses by layer, the removed layer and torch's thread count. `dtype` (bf16 say) runs the whole choice,
+    screen and full scoring, on a copy of the teacher in that dtype, made once (None: the teacher's own); the
+    losses then differ from the teacher's by that dtype's rounding, so the choice can differ too."""
     n_teacher = _check(teacher, n_student)
     if n_student == n_teacher:
         return list(range(n_teacher))
@@ -246,96 +212,41 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
         with _borrowed(teacher) as original:
             _use_layers(teacher, original, list(range(n_teacher)))
             cast = _cast_copy(teacher, dtype)
-        return select_layers_greedy(cast, n_student, blocks, progress, batch_size, screen, trace, workers=workers)
-    if workers is None:
-        workers = torch.get_num_threads() if blocks.device.type == "cpu" else 1
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if workers > 1 else threads)
-    try:
-        with _borrowed(teacher) as original:
-            recorder = _Recorder(original)
-            try:
-                return _greedy(teacher, original, recorder, n_student, blocks, progress, batch_size, screen, trace,
-                               workers)
-            finally:
-                recorder.close()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _greedy(teacher, original, recorder, n_student, blocks, progress, batch_size, screen, trace, workers):
-    """select_layers_greedy's rounds, on the teacher's borrowed layers."""
+        return select_layers_greedy(cast, n_student, blocks, progress, batch_size, screen, trace)
     vocab = teacher.get_output_embeddings().weight.shape[0]
     bs = batch_size or max(1, _LOGIT_BYTES // (blocks.shape[1] * vocab * 4))
     batches = [blocks[i:i + bs] for i in range(0, len(blocks), bs)]
-    keep = list(range(len(original)))
-    pool = _Pool([_Suffixes(teacher, original, recorder) for _ in range(workers)], batches)
-    run = pool.runs[0]
-    embeds = [teacher.get_input_embeddings()(b) for b in batches]
-    if not _embeds_route_matches(run, keep, batches, embeds):
-        return select_layers_greedy_reference(teacher, n_student, blocks, progress)
-    entering = [run.run(e, keep, record=True)[1] for e in embeds]  # per batch: [k x [b, S, H]]
-    screener = _Screener(teacher, original, screen, blocks) if screen else None
-    screened = lambda k: screener is not None and k > screen.keep  # noqa: E731
-    bar = _bar(sum(k + (screen.keep if screened(k) else 0) for k in range(n_student + 1, len(keep) + 1)), progress)
-    try:
+    keep = list(range(n_teacher))
+    with _borrowed(teacher) as original:
+        run = _Suffixes(teacher, original)
+        embeds = [teacher.get_input_embeddings()(b) for b in batches]
+        if not _embeds_route_matches(run, keep, batches, embeds):
+            return select_layers_greedy_reference(teacher, n_student, blocks, progress)
+        entering = [run.run(e, keep, record=True)[1] for e in embeds]  # per batch: [k x [b, S, H]]
+        screener = _Screener(teacher, original, screen, blocks) if screen else None
+        screened = lambda k: screener is not None and k > screen.keep  # noqa: E731
+        bar = _bar(sum(k + (screen.keep if screened(k) else 0) for k in range(n_student + 1, n_teacher + 1)), progress)
         while len(keep) > n_student:
             rough = screener.scores(entering, keep, bar) if screened(len(keep)) else None
             cands = sorted(sorted(rough, key=lambda p: (_mean(rough[p]), p))[:screen.keep]) if rough else range(len(keep))
-            full, (p, states) = pool.score(entering, keep, cands, bar)
+            full, best = {}, None
+            for p in cands:
+                outs = [run.run(e[p], keep[p + 1:], record=True) for e in entering]
+                full[p] = [x for (h, _), b in zip(outs, batches) for x in _head_losses(run.head, h, b)]
+                if best is None or _mean(full[p]) < _mean(full[best[0]]):  # ties: the earliest layer
+                    best = (p, [seen for _, seen in outs])
+                bar.update()
+            p, states = best
             if trace is not None:
                 trace.append({"kept": list(keep), "removed": keep[p], "threads": torch.get_num_threads(),
-                              "workers": len(pool.runs),
                               "screen": {keep[q]: v for q, v in rough.items()} if rough else None,
                               "full": {keep[q]: v for q, v in full.items()}})
             keep.pop(p)
             # The winner's run recorded what enters each layer after it: the new cache from p on.
             for e, seen in zip(entering, states):
                 e[p:] = seen
-    finally:
         bar.close()
-        pool.close()
     return keep
-
-
-class _Pool:
-    """Scores a round's candidate removals on all the blocks, in worker threads, one `_Suffixes` each."""
-
-    def __init__(self, runs: list[_Suffixes], batches: list[torch.Tensor]):
-        self.runs, self.batches = runs, batches
-        self.free: queue.SimpleQueue = queue.SimpleQueue()
-        for r in runs:
-            self.free.put(r)
-        self.executor = ThreadPoolExecutor(len(runs)) if len(runs) > 1 else None
-
-    def _one(self, entering, keep, p):
-        run = self.free.get()
-        try:
-            outs = [run.run(e[p], keep[p + 1:], record=True) for e in entering]
-            losses = [x for (h, _), b in zip(outs, self.batches) for x in _head_losses(run.head, h, b)]
-            return p, losses, [seen for _, seen in outs]
-        finally:
-            self.free.put(run)
-
-    def score(self, entering, keep, cands, bar):
-        """({position: per-block losses}, (the best position, the states its run recorded)); ties go to the
-        earliest layer. The longest suffixes start first, so the workers finish together."""
-        order = sorted(cands)  # position p runs the len(keep) - 1 - p layers after it: the longest first
-        if self.executor is None:
-            results = (self._one(entering, keep, p) for p in order)
-        else:
-            results = self.executor.map(lambda p: self._one(entering, keep, p), order)
-        full, best = {}, None
-        for p, losses, states in results:
-            full[p] = losses
-            if best is None or (_mean(losses), p) < (_mean(full[best[0]]), best[0]):
-                best = (p, states)
-            bar.update()
-        return full, best
-
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown()
 
 
 def _embeds_route_matches(run: _Suffixes, keep, batches, embeds) -> bool:
