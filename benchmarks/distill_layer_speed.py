@@ -16,6 +16,12 @@ busy machine the wall time depends on the load: cpu_seconds (the process's CPU t
 forward counts are recorded beside it, with the load average before and after, torch's thread count and
 lscpu's flags.
 
+--dtype bfloat16 runs the whole choice on a bf16 copy of the teacher (what `compress distill` does by default on
+a CPU with AMX, layer_select_precision auto); issue 18, session 9:
+
+    python benchmarks/distill_layer_speed.py --data ../shared/data/wikitext-2/wiki.valid.tokens --tokens 2048 \
+        --threads 1 --dtype bfloat16 --expect 0 1 2 8 11 24 28 29 --variant bf16_exact_t1
+
 --screen-tokens T --screen-keep K --screen-dtype D runs the screened choice (layer_choice.Screen: every
 candidate on the first T tokens in D, the best K on all of them in fp32) and --expect the exact greedy's
 layers marks it identical or not; each run keeps its per-round trace (losses by layer) and `screen_margins`:
