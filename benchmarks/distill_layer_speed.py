@@ -16,6 +16,12 @@ busy machine the wall time depends on the load: cpu_seconds (the process's CPU t
 forward counts are recorded beside it, with the load average before and after, torch's thread count and
 lscpu's flags.
 
+--dtype bfloat16 runs the whole choice on a bf16 copy of the teacher (what `compress distill` does by default on
+a CPU with AMX, layer_select_precision auto); issue 18, session 9:
+
+    python benchmarks/distill_layer_speed.py --data ../shared/data/wikitext-2/wiki.valid.tokens --tokens 2048 \
+        --threads 1 --dtype bfloat16 --expect 0 1 2 8 11 24 28 29 --variant bf16_exact_t1
+
 --screen-tokens T --screen-keep K --screen-dtype D runs the screened choice (layer_choice.Screen: every
 candidate on the first T tokens in D, the best K on all of them in fp32) and --expect the exact greedy's
 layers marks it identical or not; each run keeps its per-round trace (losses by layer) and `screen_margins`:
@@ -98,9 +104,12 @@ def screen_margins(rounds: list[dict]) -> list[dict]:
     runner-up among the survivors was behind, by the full loss."""
     out = []
     for r in rounds:
-        if not r["screen"]:
+        if not r["screen"] and len(r["full"]) < len(r["kept"]):
             continue
-        w, scr, full = str(r["removed"]), r["screen"], {k: sum(v) / len(v) for k, v in r["full"].items()}
+        # An exact run (every candidate scored on all the blocks): what a screen on its first block, in the
+        # run's own dtype, would have ranked (the per-block losses of a batch, not of block 0 run alone).
+        scr = r["screen"] or {k: v[:1] for k, v in r["full"].items()}
+        w, full = str(r["removed"]), {k: sum(v) / len(v) for k, v in r["full"].items()}
 
         def rank(score) -> int:
             return sorted(scr, key=lambda k: (score(k), int(k))).index(w)
@@ -125,6 +134,8 @@ def main() -> None:
                    help="screen each round's candidates on this many tokens first (0: the exact greedy)")
     p.add_argument("--screen-keep", type=int, default=4, help="candidates per round scored on all the tokens")
     p.add_argument("--screen-dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="float32",
+                   help="run the whole choice on a copy of the teacher in this dtype (select_layers_greedy(dtype=))")
     p.add_argument("--expect", type=int, nargs="*", help="the exact greedy's choice, to mark each run identical or not")
     p.add_argument("--variant", default="exact", help="names the default --out")
     p.add_argument("--out", help="default: benchmarks/results/distill_layer_speed_cpu_<variant>.json")
@@ -159,8 +170,9 @@ def main() -> None:
     data = load_data(base.data, tok, base.seq_len, base.heldout_fraction, base.eval_tokens)
     n = teacher.config.num_hidden_layers
     screen = args.screen_tokens and Screen(args.screen_tokens, args.screen_keep, getattr(torch, args.screen_dtype))
-    res = {"what": f"greedy layer choice {n} -> {args.layers} in fp32; blocks as compress distill --data FILE "
-                   f"(--seq-len {base.seq_len}) takes them", "data": args.data, "threads": args.threads,
+    dtype = getattr(torch, args.dtype)
+    res = {"what": f"greedy layer choice {n} -> {args.layers} in {args.dtype}; blocks as compress distill --data FILE "
+                   f"(--seq-len {base.seq_len}) takes them", "data": args.data, "threads": args.threads, "dtype": args.dtype,
            "device": args.device, "versions": runtime.library_versions(), "hardware": runtime.hardware(),
            "cpu_flags": cpu_flags(), "screen": screen and {"tokens": screen.tokens, "keep": screen.keep,
                                                            "dtype": str(screen.dtype)},
@@ -168,7 +180,8 @@ def main() -> None:
     for tokens in args.tokens:
         blocks = layer_select_blocks(base.model_copy(update={"layer_select_tokens": tokens}), data, args.device)
         trace: list = []
-        keep, secs, work = timed(select_layers_greedy, teacher, args.layers, blocks, screen=screen or None, trace=trace)
+        keep, secs, work = timed(select_layers_greedy, teacher, args.layers, blocks, screen=screen or None, trace=trace,
+                                  dtype=dtype)
         run = {"tokens": int(blocks.numel()), "blocks": list(blocks.shape), "seconds": secs, "kept_layers": keep,
                "identical_to_expected": None if args.expect is None else keep == args.expect, **work}
         print(json.dumps(run), flush=True)

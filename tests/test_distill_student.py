@@ -119,6 +119,10 @@ def test_fast_greedy_choice_equals_the_reference(teacher8):
             # ranks third on block 0 in some rounds here, so keep=2 would not be enough (no guarantee in general).
             for screen in (Screen(tokens=32, keep=3), Screen(tokens=32, keep=3, dtype=torch.float32)):
                 assert select_layers_greedy(teacher, n, blocks, screen=screen) == want, (n, screen)
+            # The whole choice in bf16 (the CPU default where AMX is there: train.layer_select_dtype) chooses
+            # as the fp32 reference does here; the teacher stays in fp32 with its layers.
+            assert select_layers_greedy(teacher, n, blocks, dtype=torch.bfloat16) == want, n
+            assert all(p.dtype == torch.float32 for p in teacher.parameters()) and len(teacher.model.layers) == 8
         assert fast < 0.7 * slow, (fast, slow)  # 8 -> 1: 346 of 504 here (30 -> 8 on SmolLM2: about half)
     finally:
         for h in hooks:
@@ -210,3 +214,21 @@ def test_greedy_screened_is_opt_in():
     screen = layer_select_screen(cfg.model_copy(update={"layer_selection": "greedy-screened"}))
     assert (screen.tokens, screen.keep) == (CPU_SCREEN_TOKENS, CPU_SCREEN_KEEP)
     assert screen.dtype in (torch.bfloat16, torch.float32)
+
+
+def test_layer_choice_precision_defaults_to_bf16_only_on_a_cpu_with_amx():
+    """`auto` (the default) runs the choice in bf16 on a CPU with AMX tiles and in the teacher's own dtype
+    elsewhere; `fp32` keeps the exact choice anywhere and is part of the run hash."""
+    from compress.distill import make_config
+    from compress.distill.train import _cpu_has_amx, layer_select_dtype
+
+    cfg = make_config(teacher="t", output="o", student_layers=2)
+    assert cfg.layer_select_precision == "auto"
+    assert layer_select_dtype(cfg, torch.device("cpu")) == (torch.bfloat16 if _cpu_has_amx() else None)
+    assert layer_select_dtype(cfg, torch.device("cuda")) is None
+    exact = cfg.model_copy(update={"layer_select_precision": "fp32"})
+    assert layer_select_dtype(exact, torch.device("cpu")) == torch.float32
+    assert layer_select_dtype(cfg.model_copy(update={"layer_select_precision": "bf16"}), "cuda") == torch.bfloat16
+    assert exact.run_hash() != cfg.run_hash()
+    with pytest.raises(CompressError, match="layer_select_precision"):
+        make_config(teacher="t", output="o", student_layers=2, layer_select_precision="fp8")

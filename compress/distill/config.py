@@ -33,6 +33,10 @@ class DistillConfig(BaseModel):
     # winner survives it.
     layer_selection: Literal["greedy", "greedy-screened", "even"] = "greedy"
     layer_select_tokens: int | None = Field(default=None, ge=8)
+    # Precision of the greedy choice's forwards (train.layer_select_dtype): auto = bf16 on a CPU with AMX
+    # (oneDNN's bf16 matmuls; the same 30 -> 8 choice as fp32 on SmolLM2, benchmarks/RESULTS.md), else the
+    # teacher's; fp32 = the exact choice in the teacher's fp32 everywhere; bf16 = bf16 everywhere.
+    layer_select_precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Keep the student's input and output embeddings as initialised (the teacher's, for a derived
     # student): fewer trained parameters, and only the decoder layers differ from the teacher's.
     freeze_embeddings: bool = False
@@ -96,6 +100,8 @@ class DistillConfig(BaseModel):
         fields = {k: v for k, v in self.model_dump().items() if k not in NOT_HASHED}
         if fields["parallel"] == "ddp":  # added later: ddp runs keep the hash (and the checkpoints) they had
             del fields["parallel"]
+        if fields["layer_select_precision"] == "auto":  # added later: the hash of earlier runs stays
+            del fields["layer_select_precision"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

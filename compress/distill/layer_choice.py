@@ -8,6 +8,8 @@ teacher's next-token loss on calibration blocks the least (iterative depth pruni
   blocks go through in batches. Same losses up to kernel rounding, so the same choice. The head's loss is
   taken one block at a time from the decoder's output (no [b, S, vocab] logits), and the round's winner's
   own run refreshes the cache (its suffix recorded what now enters each layer after it).
+  `dtype` runs the whole choice on a copy of the teacher in that dtype (bf16 on a CPU with AMX: the same
+  SmolLM2 30 -> 8 choice as fp32 at ~2.7x less CPU time; benchmarks/RESULTS.md, issue 18).
 - `Screen`: optional successive halving within each round of `select_layers_greedy` (every candidate on a
   token prefix, in bf16 say; the best few on all the tokens in fp32). Exact only when each round's winner
   survives its screen; `compress distill --layer-selection greedy-screened` (train.layer_select_screen).
@@ -86,8 +88,10 @@ def select_layers_greedy_reference(teacher, n_student: int, blocks: torch.Tensor
 
 def _head_losses(head, hidden: torch.Tensor, ids: torch.Tensor) -> list[float]:
     """Mean next-token loss of each block from the final (normed) hidden states: hidden [b, S, H], ids [b, S]
-    -> b floats. One block's logits at a time (less memory traffic than a [b, S, vocab] tensor), the last
-    position (it predicts nothing) left out, and the softmax in fp32 whatever the head's dtype."""
+    -> b floats. One block's logits at a time (less memory traffic than a [b, S, vocab] tensor; smaller
+    chunks of positions would read the [vocab, H] head weight once per chunk, which cost 20% more time in
+    bf16 on a CPU), the last position (it predicts nothing) left out, and the softmax in fp32 whatever the
+    head's dtype."""
     return [torch.nn.functional.cross_entropy(head(h[:-1]).float(), t[1:]).item() for h, t in zip(hidden, ids)]
 
 
@@ -146,12 +150,9 @@ class _Screener:
     def __init__(self, teacher, original, screen: Screen, blocks: torch.Tensor):
         self.screen = screen
         model = teacher
-        if screen.dtype != teacher.get_input_embeddings().weight.dtype:
+        if screen.dtype != _dtype_of(teacher):
             _use_layers(teacher, original, list(range(len(original))))
-            model = copy.deepcopy(teacher).to(screen.dtype)
-            for m in model.modules():  # hooks others put on the teacher (progress counters) stay on the teacher
-                m._forward_pre_hooks.clear()
-                m._forward_hooks.clear()
+            model = _cast_copy(teacher, screen.dtype)
         self.run = _Suffixes(model, list(model.model.layers))
         self.rows = max(1, min(len(blocks), -(-screen.tokens // blocks.shape[1])))
         self.length = min(blocks.shape[1], screen.tokens)
@@ -167,6 +168,19 @@ class _Screener:
         return out
 
 
+def _dtype_of(model) -> torch.dtype:
+    return model.get_input_embeddings().weight.dtype
+
+
+def _cast_copy(model, dtype: torch.dtype):
+    """A copy of `model` (all its layers) in `dtype`, made once, without the hooks others put on `model`
+    (progress counters): they stay on `model` and are not copied."""
+    hook_dicts = ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs",
+                  "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+    memo = {id(getattr(m, d)): type(getattr(m, d))() for m in model.modules() for d in hook_dicts if hasattr(m, d)}
+    return copy.deepcopy(model, memo).to(dtype)
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
@@ -174,16 +188,23 @@ def _mean(xs: list[float]) -> float:
 @torch.no_grad()
 def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress: bool = False,
                          batch_size: int | None = None, screen: Screen | None = None,
-                         trace: list | None = None) -> list[int]:
+                         trace: list | None = None, dtype: torch.dtype | None = None) -> list[int]:
     """Indices of `n_student` teacher layers, the same choice as `select_layers_greedy_reference` on the same
     `blocks` ([B, S] token ids, on the teacher's device), at about half its layer forwards, in batches of
     `batch_size` blocks (default: as many as keep the logits of a batch under 1 GiB). `screen` (a `Screen`)
     scores only each round's best few on all the blocks: faster, exact only when the winner survives the
     screen. `trace`, a list, gets one dict per round: the kept layers, the screen's and the full per-block
-    losses by layer, the removed layer and torch's thread count."""
+    losses by layer, the removed layer and torch's thread count. `dtype` (bf16 say) runs the whole choice,
+    screen and full scoring, on a copy of the teacher in that dtype, made once (None: the teacher's own); the
+    losses then differ from the teacher's by that dtype's rounding, so the choice can differ too."""
     n_teacher = _check(teacher, n_student)
     if n_student == n_teacher:
         return list(range(n_teacher))
+    if dtype is not None and dtype != _dtype_of(teacher):
+        with _borrowed(teacher) as original:
+            _use_layers(teacher, original, list(range(n_teacher)))
+            cast = _cast_copy(teacher, dtype)
+        return select_layers_greedy(cast, n_student, blocks, progress, batch_size, screen, trace)
     vocab = teacher.get_output_embeddings().weight.shape[0]
     bs = batch_size or max(1, _LOGIT_BYTES // (blocks.shape[1] * vocab * 4))
     batches = [blocks[i:i + bs] for i in range(0, len(blocks), bs)]

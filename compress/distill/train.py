@@ -50,13 +50,14 @@ WARM_STEPS = 5
 READ_EVERY = 10  # steps between reads of the losses from the device (each read waits for the GPU)
 STATE_FILE = "state.json"
 # Calibration tokens of the greedy layer choice (config.layer_select_tokens, when not given). 30 -> 8 on
-# SmolLM2 costs ~31G multiply-adds per token: 256 tokens take 212 s of one core here, 2,048 about 8x that.
-# The CPU count may go down only to a count shown to choose the same layers as 2,048 (benchmarks/RESULTS.md,
-# `gpu_scale2.sh` step 5); until then it is the same.
+# SmolLM2 costs ~31G multiply-adds per token. 512 and 256 tokens choose other layers than 2,048
+# (benchmarks/RESULTS.md, `gpu_scale2.sh` step 5), so the CPU count stays 2,048; the CPU saves time with
+# bf16 instead (layer_select_dtype).
 GPU_SELECT_TOKENS = 2048
 CPU_SELECT_TOKENS = 2048
-# `greedy-screened` screens each round (layer_choice.Screen; bf16 where oneDNN has bf16 kernels). It stays opt-in
-# until it is shown to give greedy's 30 -> 8 choice on SmolLM2 at 2,048 tokens (benchmarks/RESULTS.md, issue 18).
+# `greedy-screened` screens each round (layer_choice.Screen; bf16 where oneDNN has bf16 kernels). It stays opt-in:
+# in SmolLM2's 30 -> 8 bf16 run, a 512-token screen ranks a round's winner as low as 6th (keep 3 would change the
+# choice; benchmarks/results/distill_layer_speed_cpu_bf16_exact_t1.json, screen_margins).
 CPU_SCREEN_TOKENS, CPU_SCREEN_KEEP = 512, 3
 
 
@@ -237,7 +238,7 @@ def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype, p
         n = teacher.config.num_hidden_layers
         if cfg.layer_selection != "even" and cfg.student_layers is not None and cfg.student_layers < n:
             keep = select_layers_greedy(teacher, cfg.student_layers, layer_select_blocks(cfg, data, device), progress,
-                                        screen=layer_select_screen(cfg))
+                                        screen=layer_select_screen(cfg), dtype=layer_select_dtype(cfg, device))
         student = derive_student(teacher, cfg.student_layers, cfg.student_intermediate_size, keep=keep, state=cpu_state)
         del cpu_state
         keep = keep if keep is not None else kept_layers(n, cfg.student_layers or n)
@@ -252,6 +253,23 @@ def layer_select_blocks(cfg: DistillConfig, data: DistillData, device: torch.dev
     tokens = cfg.layer_select_tokens or (CPU_SELECT_TOKENS if torch.device(device).type == "cpu" else GPU_SELECT_TOKENS)
     n_blocks = max(1, min(len(data.train), -(-tokens // cfg.seq_len)))
     return data.train[:n_blocks, :min(tokens, cfg.seq_len)].to(device)
+
+
+def layer_select_dtype(cfg: DistillConfig, device: torch.device) -> torch.dtype | None:
+    """The dtype the greedy choice runs in (None: the teacher's own). `auto` is bf16 on a CPU with AMX tiles,
+    where oneDNN's bf16 matmuls make the choice ~2.7x cheaper in CPU time than fp32, with the same SmolLM2
+    30 -> 8 choice (benchmarks/RESULTS.md, issue 18); elsewhere (a GPU, or a CPU without AMX, where bf16 is
+    emulated or slow, and the same choice is not shown) the teacher's own."""
+    if cfg.layer_select_precision == "fp32":
+        return torch.float32
+    if cfg.layer_select_precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.device(device).type == "cpu" and _cpu_has_amx() else None
+
+
+def _cpu_has_amx() -> bool:
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.x: absent = no
+    return bool(check and check())
 
 
 def layer_select_screen(cfg: DistillConfig) -> Screen | None:
