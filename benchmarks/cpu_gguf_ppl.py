@@ -42,15 +42,16 @@ def tensor_types(path: str) -> dict[str, int]:
     return dict(Counter(t.tensor_type.name for t in GGUFReader(path).tensors))
 
 
-def nll_windows(path: str, ids: list[int], ctx: int, threads: int, every: int = 1) -> tuple[float, int]:
-    """Summed NLL and count over the text's non-overlapping ctx windows (every `every`-th window, from the first)."""
+def nll_windows(path: str, ids: list[int], ctx: int, threads: int, every: int = 1,
+                offset: int = 0) -> tuple[float, int]:
+    """Summed NLL and count over the text's non-overlapping ctx windows (every `every`-th one, from window `offset`)."""
     import llama_cpp
     from tqdm import tqdm
 
     llm = llama_cpp.Llama(model_path=path, n_ctx=ctx, n_batch=ctx, logits_all=True, verbose=False,
                           n_threads=threads, n_threads_batch=threads)
     total, count = 0.0, 0
-    starts = list(range(0, len(ids) - ctx + 1, ctx))[::every]
+    starts = list(range(0, len(ids) - ctx + 1, ctx))[offset::every]
     for start in tqdm(starts, desc=os.path.basename(path), unit="window"):
         window = ids[start:start + ctx]
         llm.reset()
@@ -73,6 +74,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--every", type=int, default=1,
                     help="score every K-th window (1 = all): an even sample of the whole text when time is short")
+    ap.add_argument("--offset", type=int, default=0, help="with --every K: start at window OFFSET (0..K-1); the K runs "
+                    "together score every window once (add their nll_sum and tokens_scored)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     import llama_cpp
@@ -90,14 +93,15 @@ def main() -> None:
     from cpu_decode import lscpu_flags, write_json  # benchmarks/ is on sys.path when this script runs
 
     result = {"kind": "cpu_gguf_ppl", "schema_version": 1, "text": args.text, "ctx": args.ctx,
-              "tokens": len(ids), "every": args.every, "threads": args.threads, "load_average": [list(os.getloadavg())],
+              "tokens": len(ids), "every": args.every, "offset": args.offset, "threads": args.threads,
+              "load_average": [list(os.getloadavg())],
               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": lscpu_flags(),
               "llama_cpp_python": llama_cpp.__version__, "complete": False, "rows": []}
     for name, path in models.items():  # the JSON is rewritten after every row, so a long run keeps its rows
         t0 = time.perf_counter()
-        nll, n = nll_windows(path, ids, args.ctx, args.threads, args.every)
+        nll, n = nll_windows(path, ids, args.ctx, args.threads, args.every, args.offset)
         result["rows"].append({"name": name, "file": path, "size_bytes": os.path.getsize(path),
-                               "tensor_types": tensor_types(path), "tokens_scored": n,
+                               "tensor_types": tensor_types(path), "tokens_scored": n, "nll_sum": round(nll, 4),
                                "perplexity": round(math.exp(nll / n), 4), "time_s": round(time.perf_counter() - t0, 1)})
         result["load_average"].append(list(os.getloadavg()))
         result["complete"] = len(result["rows"]) == len(models)
