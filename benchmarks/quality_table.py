@@ -40,12 +40,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from compress import runtime
 from compress.artifacts import dir_size_bytes, read_meta
 from compress.data import load_texts, tokenize_stream
-from compress.evaluate.perplexity import perplexity
+from compress.evaluate.perplexity import kl_to_source, perplexity
 from compress.models import checkpoint_dir, load_causal_lm, load_tokenizer, resolve
 from compress.quantize import make_config, quantize
 from compress.quantize.budget import decoder_linears
@@ -254,19 +253,6 @@ def _linear_params(module) -> int:
         if hasattr(module, a) and hasattr(module, b):
             return getattr(module, a) * getattr(module, b)
     return module.weight.numel()
-
-
-@torch.no_grad()
-def kl_to_source(source, model, ids: torch.Tensor, context: int) -> float:
-    """Mean over tokens of KL(p_source ‖ p_model), disjoint windows of `context` tokens."""
-    total, n = 0.0, 0
-    for begin in range(0, len(ids) - 1, context):
-        window = ids[begin:begin + context][None]
-        p = F.log_softmax(source(window.to(source.device)).logits[0].float(), -1)
-        q = F.log_softmax(model(window.to(next(model.parameters()).device)).logits[0].float().to(p.device), -1)
-        total += F.kl_div(q, p, log_target=True, reduction="sum").item()
-        n += window.shape[1]
-    return total / max(n, 1)
 
 
 @torch.no_grad()

@@ -12,11 +12,9 @@ is 200: enough here to show it adopted and sound, not its best figure; benchmark
 from __future__ import annotations
 
 import pytest
-import torch
-import torch.nn.functional as F
 
 from compress.data import builtin_texts, split_heldout, tokenize_stream
-from compress.evaluate.perplexity import perplexity
+from compress.evaluate.perplexity import kl_to_source, perplexity
 from compress.models import load_causal_lm
 from compress.quantize import make_config, quantize
 from compress.testing import stdlib_sources, train_tiny_llama, train_tokenizer
@@ -66,21 +64,8 @@ def scored(trained, tmp_path_factory):
         source = model if source is None else source
         ppl[name] = {k: perplexity(model, trained["tok"], texts, context_len=CONTEXT, max_tokens=TOKENS).perplexity
                      for k, texts in trained["texts"].items()}
-        kl[name] = {k: _kl(source, model, t) for k, t in ids.items()}
+        kl[name] = {k: kl_to_source(source, model, t, CONTEXT) for k, t in ids.items()}
     return dict(ppl=ppl, kl=kl)
-
-
-@torch.no_grad()
-def _kl(source, model, ids: torch.Tensor) -> float:
-    """Mean KL(source ‖ model) of next-token distributions per token, disjoint CONTEXT windows."""
-    total, n = 0.0, 0
-    for begin in range(0, len(ids) - 1, CONTEXT):
-        window = ids[begin:begin + CONTEXT][None]
-        p = F.log_softmax(source(window).logits.float(), -1)
-        q = F.log_softmax(model(window).logits.float(), -1)
-        total += F.kl_div(q, p, log_target=True, reduction="sum").item()
-        n += window.shape[1]
-    return total / n
 
 
 @pytest.mark.slow

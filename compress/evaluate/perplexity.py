@@ -5,7 +5,8 @@ every `stride` tokens; each window scores only the tokens the previous window di
 token after the first is scored exactly once, with up to `context_len - stride` tokens of context
 carried over (stride == context_len: disjoint windows, as the GPTQ paper evaluates WikiText-2).
 Bits per byte divide the total negative log-likelihood by the UTF-8 bytes of the scored text, so
-models with different tokenizers compare.
+models with different tokenizers compare. `kl_to_source`: the mean KL(source ‖ model) of next-token
+distributions per token on disjoint windows (how far a compressed model's predictions moved).
 """
 
 from __future__ import annotations
@@ -86,3 +87,16 @@ def perplexity(model, tokenizer, texts: list[str], context_len: int = 1024, stri
         return F.cross_entropy(logits[-n_new:], targets[-n_new:], reduction="sum").item()
 
     return score_stream(ids, tokenizer, context_len, stride, window_nll, progress)
+
+
+@torch.no_grad()
+def kl_to_source(source, model, ids: torch.Tensor, context: int) -> float:
+    """Mean over tokens of KL(p_source ‖ p_model), disjoint windows of `context` tokens."""
+    total, n = 0.0, 0
+    for begin in range(0, len(ids) - 1, context):
+        window = ids[begin:begin + context][None]
+        p = F.log_softmax(source(window.to(source.device)).logits[0].float(), -1)
+        q = F.log_softmax(model(window.to(next(model.parameters()).device)).logits[0].float().to(p.device), -1)
+        total += F.kl_div(q, p, log_target=True, reduction="sum").item()
+        n += window.shape[1]
+    return total / max(n, 1)
