@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Issue 16 on the GPU machine: rebuild the bf16-trained reference model, then the int4 quality table on it.
 # The model cannot go into git (~170 MB) nor come back from the device (16 MiB per file), so one lease rebuilds it
-# and scores every row. benchmarks/gpu_x2.sh (steps setup, piece, go, bnb, poll) runs this; alone:
-#   bash benchmarks/gpu_reference.sh chain     # model, then the table shards on GPU 0 (detached-friendly)
-#   bash benchmarks/gpu_reference.sh peers     # the auto-round rows (GPU 1 of an x2 machine, after the recipe)
+# and scores every row. benchmarks/gpu_x2.sh (steps setup, piece, go10, poll) runs this; alone:
+#   bash benchmarks/gpu_reference.sh model                         # the reference (~7 min on one H200)
+#   bash benchmarks/gpu_reference.sh rows "B32 gptq-ours 32 1" ... # table shards, at most $PARALLEL at once,
+#                                                                  # one row x group x seed each (GPTQ with the MSE
+#                                                                  # search: ~1.5 min alone, ~8 min when 7 share a GPU)
+#   ARTIFACTS="ours-gptq-sym-g32=DIR ..." bash benchmarks/gpu_reference.sh llama   # llama.cpp rows (host CPU)
+#   bash benchmarks/gpu_reference.sh peers                         # the auto-round rows
+# Earlier sessions' one-off steps (chain, redo, chain9, llama9, rescue9, smol15, smolscore), which
+# benchmarks/RESULTS.md cites, are in this file at commit 9c88114.
 # Needs: the teacher GGUF at /tmp/m/model.gguf, the text in /tmp/g/data (distill_train_noausten.txt.xz from
 # `benchmarks/gpu_distill.py prepare --names python_docs,python_stdlib,linux_docs,mobydick`, wiki.valid/test.tokens,
 # austen5.txt.xz), the wheels in /tmp/site (gptqmodel, auto-round, hqq, bitsandbytes; llama-cpp-python's package).
@@ -30,105 +36,41 @@ shard() {  # NAME ROWS GROUPS SEEDS
   echo "shard $1 rc $?" >> /tmp/ref/status
 }
 case $1 in
-model)
+model)  # MAX_STEPS=789 (the default) reproduces session 8's reference (bf16 WikiText-2 28.278 against 28.279)
+  mkdir -p /tmp/ref
   python3 benchmarks/gpu_distill.py run --mode kd --teacher /tmp/m/model.gguf --train $D/distill_train_noausten.txt.xz \
-    --mix $D/wiki.valid.tokens --mix-repeat 10 --student-layers 16 --lr 1e-3 --max-time "${MAX_TIME:-330}" \
-    ${MAX_STEPS:+--max-steps $MAX_STEPS} \
+    --mix $D/wiki.valid.tokens --mix-repeat 10 --student-layers 16 --lr 1e-3 --max-time "${MAX_TIME:-600}" \
+    --max-steps "${MAX_STEPS:-789}" \
     --wikitext $D/wiki.test.tokens --work /tmp/ref --out "$OUT/reference_distill.json" > /tmp/ref/model.log 2>&1
   echo "model rc $?" >> /tmp/ref/status
   [ -f $REF/config.json ] && touch /tmp/ref/.model ;;
-chain)
-  mkdir -p /tmp/ref && bash "$0" model
+rows)  # "NAME ROWS GROUPS SEEDS" ...: waits for the model, then runs the shards, at most $PARALLEL (2) at once
+  shift
+  for _ in $(seq 300); do [ -f /tmp/ref/.model ] && break; sleep 4; done
   [ -f /tmp/ref/.model ] || exit 1
-  shard A bf16,rtn,gptq-ours 128,32 0,1,2 &
-  shard B gptq-gptqmodel 128,32 0,1,2 &
-  shard C gptq-mse,gptq-asym,gptq-actorder 128,32 0 &
-  shard D gptq-mix,gptq-best,budget 128,32 0 &
-  shard H gptq-best 128,32 1,2 &
-  shard E hqq,torchao-int4 128,32 0 &
-  bash "$0" llama &
-  for _ in $(seq 120); do [ -f /tmp/site/.bnb ] && break; sleep 5; done   # the bitsandbytes wheel comes in a later call
-  shard N nf4 128 0
-  wait ;;
-llama)  # llama.cpp's quantizers and our GPTQ g32 (defaults) exported, run by llama.cpp on the host CPU
-  python3 -m compress quantize $REF --method gptq --group-size 32 --device cuda -o $Q/ours-gptq-g32 --overwrite \
-    > /tmp/ref/llama.log 2>&1
-  python3 benchmarks/quality_llamacpp.py --model $REF --artifact gptq-ours-g32=$Q/ours-gptq-g32 \
-    --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin \
-    --heldout-max-tokens 131072 --context 1024 --kl-tokens 16384 --threads 10 --device cuda --work /tmp/ref/gguf \
-    --out "$OUT/qt_L.json" >> /tmp/ref/llama.log 2>&1
-  echo "llama rc $?" >> /tmp/ref/status ;;
-redo)  # session 8's second round after the CUDA load fix (models._from_pretrained): small shards on both GPUs
-  pkill -f quality_table; sleep 2
-  for spec in "0 A1 rtn,gptq-ours 128,32 0" "0 A2 gptq-ours 128 1,2" "0 A3 gptq-ours 32 1,2" "0 C1 gptq-mse 128,32 0" \
-      "0 C2 gptq-asym 128,32 0" "0 C3 gptq-actorder 128,32 0" "1 B1 gptq-gptqmodel 128,32 0" "1 B2 gptq-gptqmodel 128 1,2" \
-      "1 D1 gptq-mix 128,32 0" "1 D2 gptq-best 128,32 0" "1 D3 gptq-best 128 1,2" "1 D4 budget 128,32 0" \
-      "1 F1 autoround-ours 128,32 0"; do
-    set -- $spec; CUDA_VISIBLE_DEVICES=$1 OMP_NUM_THREADS=2 setsid nohup bash -c "$(declare -f shard); COMMON='$COMMON' \
-      Q=$Q OUT=$OUT shard $2 $3 $4 $5" > /dev/null 2>&1 &
-  done
-  CUDA_VISIBLE_DEVICES=0 setsid nohup bash "$0" llama > /dev/null 2>&1 & ;;
-chain9)  # session 9: the model rebuilt by steps (session 8's run reached 789 in its 330 s), then this session's rows
-  mkdir -p /tmp/ref && MAX_STEPS=${MAX_STEPS:-789} bash "$0" model
-  [ -f /tmp/ref/.model ] || exit 1
-  for spec in "A bf16,rtn,rtn-asym 64,32 0" "B0 gptq-ours 64,32 0" "B1 gptq-ours 64,32 1" "B2 gptq-ours 64,32 2" \
-      "C0 gptq-ours-sym 64,32 0" "C1 gptq-ours-sym 64,32 1" "C2 gptq-ours-sym 64,32 2" "D budget 64 0"; do
+  for spec in "$@"; do
+    while [ "$(jobs -rp | wc -l)" -ge "${PARALLEL:-2}" ]; do wait -n; done
     set -- $spec; SHARD_THREADS=2 shard $1 $2 $3 $4 &
   done
-  bash "$0" llama9 &
   wait ;;
-llama9)  # llama.cpp's Q4_0/Q4_1/Q4_K_M of the reference against our GPTQ g32 (defaults: Q4_1; --sym: Q4_0) exported
-  for v in "gptq-g32" "gptq-sym-g32 --sym"; do
-    set -- $v; python3 -m compress quantize $REF --method gptq --group-size 32 ${2:-} --device cuda -o $Q/$1 \
-      --overwrite >> /tmp/ref/llama.log 2>&1
+llama)  # llama.cpp's own quantizers of the reference ($LLAMA_TYPES) and our artifacts exported ($ARTIFACTS:
+  # NAME=DIR ..., waited for: a shard's work dir), all run by llama.cpp on the host CPU
+  for _ in $(seq 300); do [ -f /tmp/ref/.model ] && break; sleep 4; done
+  args=()
+  for a in ${ARTIFACTS:-}; do
+    for _ in $(seq 450); do [ -f "${a#*=}/compress.json" ] && break; sleep 4; done
+    args+=(--artifact "$a")
   done
-  python3 benchmarks/quality_llamacpp.py --model $REF --artifact ours-gptq-g32=$Q/gptq-g32 \
-    --artifact ours-gptq-sym-g32=$Q/gptq-sym-g32 --llama-types q4_0,q4_1,q4_k_m --dense-type q8_0 \
-    --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin \
-    --heldout-max-tokens 131072 --context 1024 --kl-tokens 16384 --threads 8 --device cuda --work /tmp/ref/gguf \
-    --out "$OUT/qt_L.json" >> /tmp/ref/llama.log 2>&1
+  python3 benchmarks/quality_llamacpp.py --model $REF "${args[@]}" --llama-types "${LLAMA_TYPES:-q4_0,q4_1,q4_k_m}" \
+    --dense-type q8_0 --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin \
+    --heldout-max-tokens 131072 --context 1024 --kl-tokens 16384 --threads "${THREADS:-12}" --device cuda \
+    --work /tmp/ref/gguf --out "$OUT/qt_L.json" >> /tmp/ref/llama.log 2>&1
   echo "llama rc $?" >> /tmp/ref/status ;;
-smol15)  # issue 15: SmolLM2 (the GGUF source) int4 g32 exported, against llama.cpp's own quantizers, whole WikiText-2
-  S=/tmp/smol; mkdir -p $S
-  for v in "gptq-sym-g32 gptq --sym" "gptq-g32 gptq" "rtn-g32 rtn"; do
-    set -- $v; python3 -m compress quantize /tmp/m/model.gguf --method $2 --group-size 32 ${3:-} --device cuda \
-      -o $S/$1 --overwrite >> /tmp/ref/smol.log 2>&1; echo "smol $1 rc $?" >> /tmp/ref/status
-  done
-  python3 benchmarks/quality_llamacpp.py --model /tmp/m/model.gguf --artifact ours-gptq-sym-g32=$S/gptq-sym-g32 \
-    --artifact ours-gptq-g32=$S/gptq-g32 --artifact ours-rtn-g32=$S/rtn-g32 --llama-types q4_0,q4_1,q4_k_m \
-    --dense-type q8_0 --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout-max-tokens 131072 \
-    --context 512 --kl-tokens 16384 --threads 8 --device cuda --work $S/gguf --out "$OUT/smol_llamacpp.json" \
-    >> /tmp/ref/smol.log 2>&1
-  echo "smol rc $?" >> /tmp/ref/status ;;
-rescue9)  # session 9, when GPTQ with the MSE search proved ~8 min per run under load: one run per shard, both GPUs
-  for _ in $(seq 150); do [ -f /tmp/ref/.model ] && break; sleep 4; done
-  [ -f /tmp/ref/.model ] || exit 1
-  for spec in "0 A bf16,rtn,rtn-asym 64,32 0" "0 B64 gptq-ours 64 0" "0 B32 gptq-ours 32 0" "1 C64 gptq-ours-sym 64 0" \
-      "1 C32 gptq-ours-sym 32 0" "1 D budget 64 0"; do
-    set -- $spec; CUDA_VISIBLE_DEVICES=$1 SHARD_THREADS=2 shard $2 $3 $4 $5 &
-  done
-  CUDA_VISIBLE_DEVICES=0 python3 benchmarks/quality_llamacpp.py --model $REF --llama-types q4_0,q4_1,q4_k_m \
-    --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin \
-    --heldout-max-tokens 131072 --context 1024 --kl-tokens 16384 --threads 6 --device cuda --work /tmp/ref/gguf \
-    --out "$OUT/qt_L.json" >> /tmp/ref/llama.log 2>&1
-  echo "llama rc $?" >> /tmp/ref/status
-  wait ;;
-smolscore)  # issue 15's scoring once the SmolLM2 GPTQ sym g32 run (smol15's first) has finished; plus RTN (fast)
-  S=/tmp/smol
-  CUDA_VISIBLE_DEVICES=1 python3 -m compress quantize /tmp/m/model.gguf --method rtn --group-size 32 --device cuda \
-    -o $S/rtn-g32 --overwrite >> /tmp/ref/smol.log 2>&1; echo "smol rtn rc $?" >> /tmp/ref/status
-  while pgrep -f "compress quantize /tmp/m/model.gguf --method gptq" > /dev/null; do sleep 3; done
-  python3 benchmarks/quality_llamacpp.py --model /tmp/m/model.gguf --artifact ours-gptq-sym-g32=$S/gptq-sym-g32 \
-    --artifact ours-rtn-g32=$S/rtn-g32 --llama-types q4_0,q4_1 \
-    --dense-type q8_0 --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout-max-tokens 131072 \
-    --context 512 --kl-tokens 16384 --threads 10 --device cuda --work $S/gguf --out "$OUT/smol_llamacpp.json" \
-    >> /tmp/ref/smol.log 2>&1
-  echo "smol rc $?" >> /tmp/ref/status ;;
 peers)
   for _ in $(seq 200); do [ -f /tmp/ref/.model ] && break; sleep 5; done
   shard F autoround-ours 128,32 0 &
   shard G autoround 128,32 0 &
   wait ;;
 *)
-  echo "usage: $0 model|chain|llama|peers|chain9|llama9|smol15" >&2; exit 2 ;;
+  echo "usage: $0 model|rows SPEC...|llama|peers" >&2; exit 2 ;;
 esac
