@@ -48,8 +48,8 @@ go10)  # GPU 1: recipes/gpu-quick.yaml alone, resumed until it finishes. GPU 0: 
   # host CPU: its Q4_0/Q4_1/Q4_K_M of the reference against our seed-1 g32 artifacts exported (Q4_1 and Q4_0)
   assemble || exit 1
   rm -rf /tmp/gq /tmp/ref; mkdir -p /tmp/out_recipe /tmp/ref /tmp/out_ref
-  for _ in $(seq 30); do pgrep -f "marli[n]_bf16" > /dev/null || break; sleep 5; done
-  CUDA_VISIBLE_DEVICES=1 setsid nohup bash -c 'for i in 1 2 3 4; do OUT=/tmp/out_recipe bash benchmarks/gpu_recipe.sh run \
+  CUDA_VISIBLE_DEVICES=1 setsid nohup bash -c 'for _ in $(seq 30); do pgrep -f "marli[n]_bf16" > /dev/null || break
+      sleep 5; done; for i in 1 2 3 4; do OUT=/tmp/out_recipe bash benchmarks/gpu_recipe.sh run \
       > /tmp/recipe.log 2>&1; grep -q "recipe finished" /tmp/recipe.log && break; done; echo done > /tmp/recipe.done' \
     > /tmp/gpu1.log 2>&1 &
   export CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref
