@@ -45,7 +45,9 @@ run)
     cp "$t"eval.json "$t"bench.json "$t"compress.json "$OUT/tiers/$n/" 2>/dev/null
   done
   ls $RUN/tiers/*.checkpoints 2>/dev/null
-  if [ "$rc" = 0 ] && [ -f $RUN/gates.json ]; then echo "recipe finished"; else echo "not finished (rc $rc): run again"; fi ;;
+  # gates.json is written last: with it the run has finished, and rc 1 then means a gate failed (see the table)
+  if [ -f $RUN/gates.json ]; then echo "recipe finished (rc $rc: $([ "$rc" = 0 ] && echo gates pass || echo a gate failed))"
+  else echo "not finished (rc $rc): run again"; fi ;;
 *)
   echo "usage: $0 setup|part|run" >&2; exit 2 ;;
 esac
