@@ -4,7 +4,8 @@ Sensitivity (the gradient × error score of AutoRound's AutoScheme and ModelOpt'
 for each decoder Linear, the loss increase that quantizing it alone to the base width would cause,
 to second order, ΔL ≈ ½ Σᵢ Fᵢᵢ (ŵᵢ − wᵢ)², with F the empirical Fisher diagonal (squared loss
 gradients summed over calibration batches) and ŵ the round-to-nearest weight at the run's group
-size and grid. Choice: a 0/1 knapsack, greedy by score per extra bit, under the budget.
+size and grid (symmetric: the signed-peak grid of grid.py). Choice: a 0/1 knapsack, greedy by score
+per extra bit, under the budget.
 
 Widths: 4 (GPTQ-packed) or 16 (the layer kept in the source dtype). A 4/8 mix is what gptqmodel's
 `dynamic` overrides can quantize, but plain `from_pretrained` (transformers 5.17 + optimum 2.3)
@@ -43,9 +44,10 @@ def rtn_weight(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.
     pad = (-in_f) % g
     x = torch.nn.functional.pad(w.float(), (0, pad)).reshape(out_f, -1, g)  # [out, groups, g]
     qmax = 2**bits - 1
-    if sym:
-        scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) * 2 / qmax
-        zero = torch.full_like(scale, (qmax + 1) / 2)
+    if sym:  # the signed-peak grid our GPTQ and RTN use (grid.py): the group's peak weight, sign kept, is exact
+        zero = torch.full_like(x[..., :1], (qmax + 1) / 2)
+        peak = x.gather(-1, x.abs().argmax(-1, keepdim=True))
+        scale = torch.where(peak == 0, torch.ones_like(peak), peak) / -zero
     else:
         lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
         scale = ((hi - lo) / qmax).clamp_min(1e-8)
