@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from compress import runtime
 from compress.data import load_texts, tokenize_stream
-from compress.evaluate.perplexity import score_stream
+from compress.evaluate.perplexity import kl_to_source, score_stream
 from compress.models import checkpoint_dir, load_causal_lm, load_tokenizer, resolve
 
 LINEAR_SUFFIXES = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight", "ffn_gate.weight",
@@ -142,7 +142,7 @@ def score_file(name, path, made_s, streams, kl_ids, source, tok, args) -> dict:
     for text, ids in streams.items():
         r = score_stream(ids, tok, args.context, args.context, window_nll)
         row[f"ppl:{text}"], row[f"tokens:{text}"] = round(r.perplexity, 4), r.tokens_scored
-    row["kl_to_source"] = round(kl(source, logits, kl_ids, args.context), 5)
+    row["kl_to_source"] = round(kl_to_source(source, logits, kl_ids, args.context), 5)
     return row
 
 
@@ -161,19 +161,6 @@ def gguf_bits(path: str) -> dict:
             types[t.tensor_type.name] += 1
     return dict(bits_per_weight=round(8 * nbytes / params, 4), linear_types=dict(types),
                 tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)))
-
-
-@torch.no_grad()
-def kl(source, row_logits, ids: torch.Tensor, context: int) -> float:
-    """Mean over tokens of KL(p_source ‖ p_row), disjoint windows (as quality_table.kl_to_source)."""
-    total, n = 0.0, 0
-    for begin in range(0, len(ids) - 1, context):
-        window = ids[begin:begin + context]
-        p = F.log_softmax(source(window[None].to(source.device)).logits[0].float().cpu(), -1)
-        q = F.log_softmax(row_logits(window), -1)
-        total += F.kl_div(q, p, log_target=True, reduction="sum").item()
-        n += len(window)
-    return total / max(n, 1)
 
 
 if __name__ == "__main__":

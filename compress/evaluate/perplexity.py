@@ -91,12 +91,18 @@ def perplexity(model, tokenizer, texts: list[str], context_len: int = 1024, stri
 
 @torch.no_grad()
 def kl_to_source(source, model, ids: torch.Tensor, context: int) -> float:
-    """Mean over tokens of KL(p_source ‖ p_model), disjoint windows of `context` tokens."""
+    """Mean over tokens of KL(p_source ‖ p_model), disjoint windows of `context` tokens. `model`: a causal LM, or a
+    callable from one window's ids [S] to its logits [S, vocab] (another runtime's, e.g. llama.cpp's)."""
+    if isinstance(model, torch.nn.Module):
+        device = next(model.parameters()).device
+        logits_of = lambda w: model(w[None].to(device)).logits[0]  # noqa: E731
+    else:
+        logits_of = model
     total, n = 0.0, 0
     for begin in range(0, len(ids) - 1, context):
-        window = ids[begin:begin + context][None]
-        p = F.log_softmax(source(window.to(source.device)).logits[0].float(), -1)
-        q = F.log_softmax(model(window.to(next(model.parameters()).device)).logits[0].float().to(p.device), -1)
+        window = ids[begin:begin + context]
+        p = F.log_softmax(source(window[None].to(source.device)).logits[0].float(), -1)
+        q = F.log_softmax(logits_of(window).float().to(p.device), -1)
         total += F.kl_div(q, p, log_target=True, reduction="sum").item()
-        n += window.shape[1]
+        n += len(window)
     return total / max(n, 1)
