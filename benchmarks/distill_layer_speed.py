@@ -136,6 +136,8 @@ def main() -> None:
     p.add_argument("--screen-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="float32",
                    help="run the whole choice on a copy of the teacher in this dtype (select_layers_greedy(dtype=))")
+    p.add_argument("--compile", action="store_true",
+                   help="run the layers through torch.compile (select_layers_greedy(compile=True))")
     p.add_argument("--expect", type=int, nargs="*", help="the exact greedy's choice, to mark each run identical or not")
     p.add_argument("--variant", default="exact", help="names the default --out")
     p.add_argument("--out", help="default: benchmarks/results/distill_layer_speed_cpu_<variant>.json")
@@ -173,7 +175,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     res = {"what": f"greedy layer choice {n} -> {args.layers} in {args.dtype}; blocks as compress distill --data FILE "
                    f"(--seq-len {base.seq_len}) takes them", "data": args.data, "threads": args.threads, "dtype": args.dtype,
-           "device": args.device, "versions": runtime.library_versions(), "hardware": runtime.hardware(),
+           "device": args.device, "compile": args.compile, "versions": runtime.library_versions(), "hardware": runtime.hardware(),
            "cpu_flags": cpu_flags(), "screen": screen and {"tokens": screen.tokens, "keep": screen.keep,
                                                            "dtype": str(screen.dtype)},
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": []}
@@ -181,7 +183,7 @@ def main() -> None:
         blocks = layer_select_blocks(base.model_copy(update={"layer_select_tokens": tokens}), data, args.device)
         trace: list = []
         keep, secs, work = timed(select_layers_greedy, teacher, args.layers, blocks, screen=screen or None, trace=trace,
-                                  dtype=dtype)
+                                  dtype=dtype, compile=args.compile)
         run = {"tokens": int(blocks.numel()), "blocks": list(blocks.shape), "seconds": secs, "kept_layers": keep,
                "identical_to_expected": None if args.expect is None else keep == args.expect, **work}
         print(json.dumps(run), flush=True)

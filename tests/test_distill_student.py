@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -129,6 +130,39 @@ def test_fast_greedy_choice_equals_the_reference(teacher8):
             h.remove()
     assert want == [3]  # recorded once from the reference; guards against both drifting together
     assert select_layers_greedy(teacher, 8, blocks) == list(range(8))
+
+
+def test_suffix_runs_call_the_layers_as_the_model_forward_does(teacher8):
+    """After the first run at a shape (the model's own forward, which shows what each layer is passed), the
+    suffix runs call the layers directly: the same states, bit for bit, entering each layer and out."""
+    from compress.distill.layer_choice import _borrowed, _Suffixes
+
+    blocks = torch.randint(3, 500, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), _borrowed(teacher8) as original:
+        run = _Suffixes(teacher8, original)
+        h = teacher8.get_input_embeddings()(blocks)
+        via_model, seen_model = run.run(h, [0, 2, 5, 7], record=True)
+        assert set(run.kwargs[(2, 32)]) == {0, 2, 5, 7}
+        direct, seen_direct = run.run(h, [0, 2, 5, 7], record=True)
+        other = run.run(seen_direct[1], [2, 5, 7])[0]
+    assert torch.equal(via_model, direct) and torch.equal(other, direct)
+    assert all(torch.equal(a, b) for a, b in zip(seen_model, seen_direct, strict=True))
+
+
+def test_fused_head_loss_is_the_cross_entropy_of_the_logits(teacher8, monkeypatch):
+    """The head loss by vocabulary chunks (a chunk size that does not divide the vocabulary here) is the
+    cross-entropy of the head's logits, in fp32 and from bf16 logits, up to the summation order."""
+    from compress.distill import layer_choice
+
+    monkeypatch.setattr(layer_choice, "_VOCAB_CHUNK", 97)
+    head = teacher8.get_output_embeddings()
+    ids = torch.randint(3, 500, (2, 32), generator=torch.Generator().manual_seed(3))
+    hidden = torch.randn(2, 32, head.weight.shape[1], generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for h, dtype in ((hidden, torch.float32), (hidden.bfloat16(), torch.bfloat16)):
+            cast = copy.deepcopy(head).to(dtype)  # a copy: the teacher's head is tied to its embeddings
+            want = [torch.nn.functional.cross_entropy(cast(x[:-1]).float(), t[1:]).item() for x, t in zip(h, ids)]
+            assert layer_choice._head_losses(cast, h, ids) == pytest.approx(want, abs=1e-5)
 
 
 def test_screened_greedy_scores_only_the_survivors_on_all_tokens(teacher8):

@@ -33,6 +33,9 @@ from compress.errors import CompressError
 
 # Logits bytes per calibration batch on the fast path (fp32 [b, S, vocab]): bounds its memory.
 _LOGIT_BYTES = 1 << 30
+# Vocabulary rows per chunk of the fused head loss: 1,024 took 408 ms per four 512-token blocks of SmolLM2 in
+# bf16 on one core, against 443-450 ms for 2,048-8,192 and 693 ms unfused (benchmarks/results/NOTES_layers20.md).
+_VOCAB_CHUNK = 4096
 
 
 def _check(teacher, n_student: int) -> int:
@@ -86,28 +89,74 @@ def select_layers_greedy_reference(teacher, n_student: int, blocks: torch.Tensor
     return keep
 
 
-def _head_losses(head, hidden: torch.Tensor, ids: torch.Tensor) -> list[float]:
+def _head_losses(head, hidden: torch.Tensor, ids: torch.Tensor, lse=None) -> list[float]:
     """Mean next-token loss of each block from the final (normed) hidden states: hidden [b, S, H], ids [b, S]
-    -> b floats. One block's logits at a time (less memory traffic than a [b, S, vocab] tensor; smaller
-    chunks of positions would read the [vocab, H] head weight once per chunk, which cost 20% more time in
-    bf16 on a CPU), the last position (it predicts nothing) left out, and the softmax in fp32 whatever the
-    head's dtype."""
-    return [torch.nn.functional.cross_entropy(head(h[:-1]).float(), t[1:]).item() for h, t in zip(hidden, ids)]
+    -> b floats; the last position (it predicts nothing) left out. For a linear head, the loss is fused:
+    the logits of `_VOCAB_CHUNK` vocabulary rows at a time (in the head's dtype, as `head(h)` gives them) are
+    reduced to an fp32 logsumexp per position and each position's target logit is taken from its chunk, so
+    no [S, vocab] fp32 tensor is made (the cross-entropy of the head's logits in fp32, up to the summation
+    order: ~1e-5 nats on SmolLM2; 1.7x less CPU than `cross_entropy(head(h).float())` in bf16 on a CPU).
+    `lse`: the chunk's logsumexp (default `_chunk_lse`; `_Suffixes` passes a compiled one)."""
+    if type(head) is not torch.nn.Linear:
+        return [torch.nn.functional.cross_entropy(head(h[:-1]).float(), t[1:]).item() for h, t in zip(hidden, ids)]
+    return [_fused_loss(head.weight, head.bias, h[:-1], t[1:], lse or _chunk_lse) for h, t in zip(hidden, ids)]
+
+
+def _chunk_lse(z: torch.Tensor) -> torch.Tensor:
+    """logsumexp of each row of a logits chunk [S, chunk] in fp32 -> [S]."""
+    return torch.logsumexp(z.float(), -1)
+
+
+def _fused_loss(w: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor, target: torch.Tensor, chunk_lse) -> float:
+    """Mean cross-entropy of logits x @ w.T (+ bias) [S, V] against target [S], one vocabulary chunk at a time."""
+    lse, picked = [], torch.empty(len(target), dtype=torch.float32, device=x.device)
+    for lo in range(0, w.shape[0], _VOCAB_CHUNK):
+        hi = lo + _VOCAB_CHUNK
+        z = torch.nn.functional.linear(x, w[lo:hi], None if bias is None else bias[lo:hi])  # [S, chunk]
+        lse.append(chunk_lse(z))
+        hit = ((target >= lo) & (target < hi)).nonzero().squeeze(1)
+        picked[hit] = z[hit, target[hit] - lo].float()
+    return (torch.logsumexp(torch.stack(lse), 0) - picked).mean().item()
 
 
 class _Suffixes:
-    """Runs a model's decoder from a cached hidden state through a chosen list of its layers (via
-    `inputs_embeds`: only those layers, then its final norm) and records what enters each layer."""
+    """Runs a model's decoder from a cached hidden state through a chosen list of its layers, then its final
+    norm, and records what enters each layer. The first run at a given [b, S] goes through the model's own
+    forward (`inputs_embeds`, only those layers) and keeps the arguments it passes each layer besides the
+    hidden states (mask, position embeddings: they depend on the shape, not on the states); later runs call
+    the layers directly with them (no mask or rotary tables rebuilt, no hooks). `compile` runs each layer
+    through `torch.compile` (one graph for all layers of a shape; see `_compiled`)."""
 
-    def __init__(self, model, original):
+    def __init__(self, model, original, compile: bool = False):
         self.model, self.original, self.head = model, original, model.get_output_embeddings()
+        self.norm = getattr(model.model, "norm", None)
+        self.calls, self.lse = _compiled(original) if compile else (list(original), None)
+        self.kwargs: dict[tuple, dict[int, dict]] = {}  # [b, S] -> layer -> its other arguments
 
     def run(self, h: torch.Tensor, layers: list[int], record: bool = False):
         """(final normed hidden states [b, S, H], [state entering each of `layers`] if record). h [b, S, H]."""
+        kw = self.kwargs.setdefault(tuple(h.shape[:2]), {})
+        if self.norm is None or not all(j in kw for j in layers):
+            return self._model_run(h, layers, kw, record)
+        seen: list[torch.Tensor] = []
+        for j in layers:
+            if record:
+                seen.append(h)
+            h = self.calls[j](h, **kw[j])
+            h = h[0] if isinstance(h, tuple) else h
+        return self.norm(h), seen
+
+    def _model_run(self, h: torch.Tensor, layers: list[int], kw: dict, record: bool):
         _use_layers(self.model, self.original, layers)
         seen: list[torch.Tensor] = []
-        hooks = [self.original[j].register_forward_pre_hook(self._recorder(seen), with_kwargs=True)
-                 for j in layers] if record else []
+
+        def hook(j):
+            def pre(module, args, kwargs):
+                kw[j] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                if record:
+                    seen.append(args[0] if args else kwargs["hidden_states"])
+            return pre
+        hooks = [self.original[j].register_forward_pre_hook(hook(j), with_kwargs=True) for j in layers]
         try:
             out = self.model.model(inputs_embeds=h, use_cache=False).last_hidden_state
         finally:
@@ -115,11 +164,24 @@ class _Suffixes:
                 hk.remove()
         return out, seen
 
-    @staticmethod
-    def _recorder(seen: list[torch.Tensor]):
-        def hook(module, args, kwargs):
-            seen.append(args[0] if args else kwargs["hidden_states"])
-        return hook
+
+def _compiled(layers) -> tuple[list, object]:
+    """The layers through `torch.compile` (inductor), which fuses a layer's small elementwise ops (norms,
+    rotary, SiLU, residual adds: in bf16 on a CPU, eager runs each as its own pass); the layers share one graph
+    per input shape. Also the head loss's chunk logsumexp, compiled (the upcast and the reductions fused: no fp32
+    copy of the chunk). Falls back to the eager layers, with a warning, where inductor cannot build (no C++
+    compiler, say)."""
+    import logging
+
+    try:
+        import torch._inductor.config  # noqa: F401  (inductor is importable: a C++ toolchain is checked at build)
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001 - any failure here means: run eager
+        logging.getLogger(__name__).warning("layer choice: torch.compile unavailable (%s); running eager", e)
+        return list(layers), None
+    return [torch.compile(layer, dynamic=False) for layer in layers], torch.compile(_chunk_lse, dynamic=False)
 
 
 @dataclass(frozen=True)
@@ -188,7 +250,8 @@ def _mean(xs: list[float]) -> float:
 @torch.no_grad()
 def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress: bool = False,
                          batch_size: int | None = None, screen: Screen | None = None,
-                         trace: list | None = None, dtype: torch.dtype | None = None) -> list[int]:
+                         trace: list | None = None, dtype: torch.dtype | None = None,
+                         compile: bool = False) -> list[int]:
     """Indices of `n_student` teacher layers, the same choice as `select_layers_greedy_reference` on the same
     `blocks` ([B, S] token ids, on the teacher's device), at about half its layer forwards, in batches of
     `batch_size` blocks (default: as many as keep the logits of a batch under 1 GiB). `screen` (a `Screen`)
@@ -196,7 +259,9 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
     screen. `trace`, a list, gets one dict per round: the kept layers, the screen's and the full per-block
     losses by layer, the removed layer and torch's thread count. `dtype` (bf16 say) runs the whole choice,
     screen and full scoring, on a copy of the teacher in that dtype, made once (None: the teacher's own); the
-    losses then differ from the teacher's by that dtype's rounding, so the choice can differ too."""
+    losses then differ from the teacher's by that dtype's rounding, so the choice can differ too. `compile`
+    runs the layers through torch.compile (`_compiled`): fused ops round differently from eager ones, so,
+    like `dtype`, the losses move by rounding."""
     n_teacher = _check(teacher, n_student)
     if n_student == n_teacher:
         return list(range(n_teacher))
@@ -204,13 +269,13 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
         with _borrowed(teacher) as original:
             _use_layers(teacher, original, list(range(n_teacher)))
             cast = _cast_copy(teacher, dtype)
-        return select_layers_greedy(cast, n_student, blocks, progress, batch_size, screen, trace)
+        return select_layers_greedy(cast, n_student, blocks, progress, batch_size, screen, trace, compile=compile)
     vocab = teacher.get_output_embeddings().weight.shape[0]
     bs = batch_size or max(1, _LOGIT_BYTES // (blocks.shape[1] * vocab * 4))
     batches = [blocks[i:i + bs] for i in range(0, len(blocks), bs)]
     keep = list(range(n_teacher))
     with _borrowed(teacher) as original:
-        run = _Suffixes(teacher, original)
+        run = _Suffixes(teacher, original, compile)
         embeds = [teacher.get_input_embeddings()(b) for b in batches]
         if not _embeds_route_matches(run, keep, batches, embeds):
             return select_layers_greedy_reference(teacher, n_student, blocks, progress)
@@ -224,7 +289,7 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
             full, best = {}, None
             for p in cands:
                 outs = [run.run(e[p], keep[p + 1:], record=True) for e in entering]
-                full[p] = [x for (h, _), b in zip(outs, batches) for x in _head_losses(run.head, h, b)]
+                full[p] = [x for (h, _), b in zip(outs, batches) for x in _head_losses(run.head, h, b, run.lse)]
                 if best is None or _mean(full[p]) < _mean(full[best[0]]):  # ties: the earliest layer
                     best = (p, [seen for _, seen in outs])
                 bar.update()

@@ -238,7 +238,8 @@ def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype, p
         n = teacher.config.num_hidden_layers
         if cfg.layer_selection != "even" and cfg.student_layers is not None and cfg.student_layers < n:
             keep = select_layers_greedy(teacher, cfg.student_layers, layer_select_blocks(cfg, data, device), progress,
-                                        screen=layer_select_screen(cfg), dtype=layer_select_dtype(cfg, device))
+                                        screen=layer_select_screen(cfg), dtype=layer_select_dtype(cfg, device),
+                                        compile=layer_select_compile(cfg, device))
         student = derive_student(teacher, cfg.student_layers, cfg.student_intermediate_size, keep=keep, state=cpu_state)
         del cpu_state
         keep = keep if keep is not None else kept_layers(n, cfg.student_layers or n)
@@ -265,6 +266,14 @@ def layer_select_dtype(cfg: DistillConfig, device: torch.device) -> torch.dtype 
     if cfg.layer_select_precision == "bf16":
         return torch.bfloat16
     return torch.bfloat16 if torch.device(device).type == "cpu" and _cpu_has_amx() else None
+
+
+def layer_select_compile(cfg: DistillConfig, device: torch.device) -> bool:
+    """Whether the greedy choice runs its layers (and its head loss's reductions) through torch.compile: in
+    the `auto` precision on a CPU with AMX, where eager bf16 spends much of its time in small elementwise ops
+    (see layer_choice._compiled; benchmarks/RESULTS.md, issue 18). The explicit `fp32` and `bf16` precisions
+    run eager, as before."""
+    return cfg.layer_select_precision == "auto" and layer_select_dtype(cfg, device) == torch.bfloat16
 
 
 def _cpu_has_amx() -> bool:
