@@ -149,6 +149,26 @@ def test_suffix_runs_call_the_layers_as_the_model_forward_does(teacher8):
     assert all(torch.equal(a, b) for a, b in zip(seen_model, seen_direct, strict=True))
 
 
+def test_resumed_candidates_score_exactly_as_whole_runs(teacher8, monkeypatch):
+    """A candidate whose layers before the last round's removed one saw the same states resumes from the state
+    that entered it: every candidate's losses, every round, are bit for bit those of whole suffix runs."""
+    from compress.distill import layer_choice
+
+    blocks = torch.randint(3, 500, (3, 32), generator=torch.Generator().manual_seed(5))
+    resumed, whole, calls = [], [], []
+    hooks = [layer.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0])) for layer in teacher8.model.layers]
+    try:
+        keep = select_layers_greedy(teacher8, 2, blocks, batch_size=2, trace=resumed)
+        n_resumed = sum(calls)
+        monkeypatch.setattr(layer_choice, "_MEMO_BYTES", 0)  # nothing kept: every candidate runs whole
+        assert select_layers_greedy(teacher8, 2, blocks, batch_size=2, trace=whole) == keep
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [r["full"] for r in resumed] == [r["full"] for r in whole]
+    assert n_resumed < 0.9 * (sum(calls) - n_resumed), (n_resumed, sum(calls) - n_resumed)
+
+
 def test_fused_head_loss_is_the_cross_entropy_of_the_logits(teacher8, monkeypatch):
     """The head loss by vocabulary chunks (a chunk size that does not divide the vocabulary here) is the
     cross-entropy of the head's logits, in fp32 and from bf16 logits, up to the summation order."""

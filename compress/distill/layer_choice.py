@@ -36,6 +36,9 @@ _LOGIT_BYTES = 1 << 30
 # Vocabulary rows per chunk of the fused head loss: 1,024 took 408 ms per four 512-token blocks of SmolLM2 in
 # bf16 on one core, against 443-450 ms for 2,048-8,192 and 693 ms unfused (benchmarks/results/NOTES_layers20.md).
 _VOCAB_CHUNK = 4096
+# States kept from one round to the next (`_Memo`): SmolLM2 30 -> 8 on 2,048 tokens in bf16 keeps ~1 GB in its
+# first round; a larger model keeps what fits and runs the other candidates whole.
+_MEMO_BYTES = 2 << 30
 
 
 def _check(teacher, n_student: int) -> int:
@@ -283,17 +286,21 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
         screener = _Screener(teacher, original, screen, blocks) if screen else None
         screened = lambda k: screener is not None and k > screen.keep  # noqa: E731
         bar = _bar(sum(k + (screen.keep if screened(k) else 0) for k in range(n_student + 1, n_teacher + 1)), progress)
+        memo: dict = {}
         while len(keep) > n_student:
             rough = screener.scores(entering, keep, bar) if screened(len(keep)) else None
             cands = sorted(sorted(rough, key=lambda p: (_mean(rough[p]), p))[:screen.keep]) if rough else range(len(keep))
-            full, best = {}, None
+            full, best, ran = {}, None, _Memo()
             for p in cands:
-                outs = [run.run(e[p], keep[p + 1:], record=True) for e in entering]
+                layers = keep[p + 1:]
+                outs = [_suffix_run(run, e[p], layers, memo.get(keep[p]), i) for i, e in enumerate(entering)]
                 full[p] = [x for (h, _), b in zip(outs, batches) for x in _head_losses(run.head, h, b, run.lse)]
+                ran.add(keep[p], layers, [seen for _, seen in outs])
                 if best is None or _mean(full[p]) < _mean(full[best[0]]):  # ties: the earliest layer
                     best = (p, [seen for _, seen in outs])
                 bar.update()
             p, states = best
+            memo = ran.before(keep[p])
             if trace is not None:
                 trace.append({"kept": list(keep), "removed": keep[p], "threads": torch.get_num_threads(),
                               "screen": {keep[q]: v for q, v in rough.items()} if rough else None,
@@ -304,6 +311,38 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
                 e[p:] = seen
         bar.close()
     return keep
+
+
+class _Memo:
+    """The states each candidate's run saw this round: layer -> (the layers it ran, per batch the state entering
+    each), up to `_MEMO_BYTES` of states in all (later candidates are not kept: they run whole next round)."""
+
+    def __init__(self):
+        self.runs: dict[int, tuple[list[int], list[list[torch.Tensor]]]] = {}
+        self.bytes = 0
+
+    def add(self, layer: int, layers: list[int], seen: list[list[torch.Tensor]]) -> None:
+        size = sum(t.numel() * t.element_size() for states in seen for t in states)
+        if self.bytes + size <= _MEMO_BYTES:
+            self.runs[layer], self.bytes = (layers, seen), self.bytes + size
+
+    def before(self, removed: int) -> dict:
+        """The runs still valid once `removed` is gone: those of the layers before it (what enters them is
+        unchanged, and so is all they saw before reaching `removed`)."""
+        return {c: run for c, run in self.runs.items() if removed in run[0]}
+
+
+def _suffix_run(run: _Suffixes, start: torch.Tensor, layers: list[int], memo, batch: int):
+    """(final hidden states, states entering each of `layers`) of the run from `start` through `layers`. With
+    `memo`, the same candidate's run of the last round (its layers, one more than `layers`, and the states it
+    saw), the layers before the one removed since saw exactly these states then: resume from the state that
+    entered the removed layer (the same computation, skipped)."""
+    if memo is None:
+        return run.run(start, layers, record=True)
+    old, seen = memo[0], memo[1][batch]
+    i = next((i for i, (a, b) in enumerate(zip(old, layers)) if a != b), len(layers))  # where the removed one was
+    out, tail = run.run(seen[i], layers[i:], record=True)
+    return out, seen[:i] + tail
 
 
 def _embeds_route_matches(run: _Suffixes, keep, batches, embeds) -> bool:
