@@ -120,6 +120,19 @@ def screen_margins(rounds: list[dict]) -> list[dict]:
     return out
 
 
+def bound_stats(rounds: list[dict]) -> dict | None:
+    """How the lower bounds did (layer_choice._Bound): candidates in all, those scored exactly, and over the
+    scored ones the smallest and the median of exact loss - bound (per candidate, mean over blocks; a
+    negative smallest would be a bound above the loss)."""
+    rounds = [r for r in rounds if r.get("bound")]
+    if not rounds:
+        return None
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    slack = sorted(mean(r["full"][k]) - mean(r["bound"][k]) for r in rounds for k in r["full"])
+    return {"candidates": sum(len(r["bound"]) for r in rounds), "scored_exactly": len(slack),
+            "min_loss_minus_bound": round(slack[0], 6), "median_loss_minus_bound": round(slack[len(slack) // 2], 6)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="calibration text (required unless --margins-of)")
@@ -187,7 +200,7 @@ def main() -> None:
         run = {"tokens": int(blocks.numel()), "blocks": list(blocks.shape), "seconds": secs, "kept_layers": keep,
                "identical_to_expected": None if args.expect is None else keep == args.expect, **work}
         print(json.dumps(run), flush=True)
-        run["screen_margins"], run["rounds"] = screen_margins(_jsonable(trace)), trace
+        run["screen_margins"], run["bounds"], run["rounds"] = screen_margins(_jsonable(trace)), bound_stats(trace), trace
         res["runs"].append(run)
         Path(args.out).write_text(json.dumps(res, indent=1))
     if args.reference_rounds:

@@ -169,6 +169,31 @@ def test_resumed_candidates_score_exactly_as_whole_runs(teacher8, monkeypatch):
     assert n_resumed < 0.9 * (sum(calls) - n_resumed), (n_resumed, sum(calls) - n_resumed)
 
 
+def test_candidates_left_unscored_are_bounded_out(teacher8):
+    """Each round bounds every candidate's loss from below (a vocabulary subset) and scores exactly only those
+    whose bound is within the margin of the best exact loss: the bounds lie below the exact losses, the removed
+    layer has the best exact loss, every candidate left unscored has a bound above it by more than the margin
+    (it could not win), and the choice is the reference's."""
+    from compress.distill import layer_choice
+
+    blocks = torch.randint(3, 500, (3, 32), generator=torch.Generator().manual_seed(6))
+    trace: list = []
+    keep = select_layers_greedy(teacher8, 1, blocks, trace=trace)
+    assert keep == select_layers_greedy_reference(teacher8, 1, blocks)
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    unscored = 0
+    for r in trace:
+        best = min(mean(v) for v in r["full"].values())
+        assert mean(r["full"][r["removed"]]) == best and sorted(r["bound"]) == r["kept"]
+        for layer, bound in r["bound"].items():
+            if layer in r["full"]:
+                assert all(b <= f + 1e-5 for b, f in zip(bound, r["full"][layer], strict=True))
+            else:
+                unscored += 1
+                assert mean(bound) > best + layer_choice._BOUND_MARGIN
+    assert unscored > 0
+
+
 def test_fused_head_loss_is_the_cross_entropy_of_the_logits(teacher8, monkeypatch):
     """The head loss by vocabulary chunks (a chunk size that does not divide the vocabulary here) is the
     cross-entropy of the head's logits, in fp32 and from bf16 logits, up to the summation order."""

@@ -5,11 +5,16 @@ teacher's next-token loss on calibration blocks the least (iterative depth pruni
   hidden state entering it unchanged, so each round runs the kept layers once over the blocks (batched),
   caches the state entering every layer, and scores each candidate by running only the layers after it
   from that cached state. A round costs k(k-1)/2 layer forwards instead of k(k-1) (k = layers kept), and the
-  blocks go through in batches. Same losses up to kernel rounding, so the same choice. The head's loss is
-  taken one block at a time from the decoder's output (no [b, S, vocab] logits), and the round's winner's
-  own run refreshes the cache (its suffix recorded what now enters each layer after it).
+  blocks go through in batches. Same losses up to kernel rounding, so the same choice. The round's
+  winner's own run refreshes the cache (its suffix recorded what now enters each layer after it), and each
+  candidate before the removed layer resumes next round from the state its own run fed that layer (`_Memo`:
+  the layers before it would see the same states again; ~30% fewer layer forwards for SmolLM2 30 -> 8, the
+  losses bit for bit the same). The head's loss is fused (`_head_losses`: vocabulary chunks reduced to an fp32
+  logsumexp, no [S, vocab] fp32 logits), and the layers are called directly once the model's forward has
+  shown what it passes them (`_Suffixes`).
   `dtype` runs the whole choice on a copy of the teacher in that dtype (bf16 on a CPU with AMX: the same
-  SmolLM2 30 -> 8 choice as fp32 at ~2.7x less CPU time; benchmarks/RESULTS.md, issue 18).
+  SmolLM2 30 -> 8 choice as fp32 at ~2.7x less CPU time; benchmarks/RESULTS.md, issue 18); `compile` runs
+  the layers and the head's chunk logsumexp through torch.compile (fused elementwise ops; rounds differently).
 - `Screen`: optional successive halving within each round of `select_layers_greedy` (every candidate on a
   token prefix, in bf16 say; the best few on all the tokens in fp32). Exact only when each round's winner
   survives its screen; `compress distill --layer-selection greedy-screened` (train.layer_select_screen).
@@ -33,12 +38,20 @@ from compress.errors import CompressError
 
 # Logits bytes per calibration batch on the fast path (fp32 [b, S, vocab]): bounds its memory.
 _LOGIT_BYTES = 1 << 30
-# Vocabulary rows per chunk of the fused head loss: 1,024 took 408 ms per four 512-token blocks of SmolLM2 in
-# bf16 on one core, against 443-450 ms for 2,048-8,192 and 693 ms unfused (benchmarks/results/NOTES_layers20.md).
+# Vocabulary rows per chunk of the fused head loss. SmolLM2's head on four 512-token blocks in bf16, one core
+# (a noisy shared host: medians of 4): 403 ms at 4,096 rows with the compiled logsumexp, 424 at 2,048, 490-529
+# with all four blocks in one call; eager, 408-690 ms at 1,024, 443-450 at 2,048-8,192; unfused, 693 ms
+# (benchmarks/results/NOTES_layers20.md).
 _VOCAB_CHUNK = 4096
 # States kept from one round to the next (`_Memo`): SmolLM2 30 -> 8 on 2,048 tokens in bf16 keeps ~1 GB in its
 # first round; a larger model keeps what fits and runs the other candidates whole.
 _MEMO_BYTES = 2 << 30
+# Each round scores every candidate's loss first by a lower bound (`_Bound`: the vocabulary subset of the kept
+# layers' top `_BOUND_TOP` tokens per position) and computes the exact loss only for candidates whose bound is
+# within `_BOUND_MARGIN` nats of the best exact loss so far (None: every candidate exactly). The margin covers
+# the rounding of the two logit matmuls (the subset's and the full head's), which need not agree bit for bit.
+_BOUND_TOP = 32
+_BOUND_MARGIN: float | None = 0.01
 
 
 def _check(teacher, n_student: int) -> int:
@@ -282,7 +295,9 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
         embeds = [teacher.get_input_embeddings()(b) for b in batches]
         if not _embeds_route_matches(run, keep, batches, embeds):
             return select_layers_greedy_reference(teacher, n_student, blocks, progress)
-        entering = [run.run(e, keep, record=True)[1] for e in embeds]  # per batch: [k x [b, S, H]]
+        first = [run.run(e, keep, record=True) for e in embeds]
+        entering = [seen for _, seen in first]  # per batch: [k x [b, S, H]]
+        current = [out for out, _ in first]  # the kept layers' final states, per batch
         screener = _Screener(teacher, original, screen, blocks) if screen else None
         screened = lambda k: screener is not None and k > screen.keep  # noqa: E731
         bar = _bar(sum(k + (screen.keep if screened(k) else 0) for k in range(n_student + 1, n_teacher + 1)), progress)
@@ -290,22 +305,24 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
         while len(keep) > n_student:
             rough = screener.scores(entering, keep, bar) if screened(len(keep)) else None
             cands = sorted(sorted(rough, key=lambda p: (_mean(rough[p]), p))[:screen.keep]) if rough else range(len(keep))
-            full, best, ran = {}, None, _Memo()
+            bound = _Bound.of_model(run, current, batches) if screen is None and _BOUND_MARGIN is not None else None
+            ran, finals = _Memo(), {}
             for p in cands:
-                layers = keep[p + 1:]
-                outs = [_suffix_run(run, e[p], layers, memo.get(keep[p]), i) for i, e in enumerate(entering)]
-                full[p] = [x for (h, _), b in zip(outs, batches) for x in _head_losses(run.head, h, b, run.lse)]
-                ran.add(keep[p], layers, [seen for _, seen in outs])
-                if best is None or _mean(full[p]) < _mean(full[best[0]]):  # ties: the earliest layer
-                    best = (p, [seen for _, seen in outs])
+                outs = [_suffix_run(run, e[p], keep[p + 1:], memo.get(keep[p]), i) for i, e in enumerate(entering)]
+                ran.add(keep[p], keep[p + 1:], [seen for _, seen in outs])
+                finals[p] = [h for h, _ in outs]
                 bar.update()
-            p, states = best
-            memo = ran.before(keep[p])
+            bounds = {p: bound.losses(finals[p]) for p in finals} if bound else {}
+            full = _exact_losses(run, finals, batches, bounds)
+            p = min(full, key=lambda q: (_mean(full[q]), q))  # ties: the earliest layer
             if trace is not None:
                 trace.append({"kept": list(keep), "removed": keep[p], "threads": torch.get_num_threads(),
                               "screen": {keep[q]: v for q, v in rough.items()} if rough else None,
-                              "full": {keep[q]: v for q, v in full.items()}})
-            keep.pop(p)
+                              "full": {keep[q]: v for q, v in full.items()},
+                              "bound": {keep[q]: v for q, v in bounds.items()} or None})
+            states = ran.runs[keep[p]][1] if keep[p] in ran.runs else \
+                [_suffix_run(run, e[p], keep[p + 1:], memo.get(keep[p]), i)[1] for i, e in enumerate(entering)]
+            current, memo = finals[p], ran.before(keep.pop(p))
             # The winner's run recorded what enters each layer after it: the new cache from p on.
             for e, seen in zip(entering, states):
                 e[p:] = seen
@@ -343,6 +360,46 @@ def _suffix_run(run: _Suffixes, start: torch.Tensor, layers: list[int], memo, ba
     i = next((i for i, (a, b) in enumerate(zip(old, layers)) if a != b), len(layers))  # where the removed one was
     out, tail = run.run(seen[i], layers[i:], record=True)
     return out, seen[:i] + tail
+
+
+def _exact_losses(run: _Suffixes, finals: dict, batches, bounds: dict) -> dict[int, list[float]]:
+    """{position: per-block losses} from each candidate's final states: all of them, or with `bounds` (lower
+    bounds on their losses), in order of bound, stopping at the first whose bound is above the best loss so
+    far by more than `_BOUND_MARGIN`: it and all after it cannot win."""
+    order = sorted(finals, key=lambda p: (_mean(bounds[p]), p)) if bounds else list(finals)
+    full: dict[int, list[float]] = {}
+    for p in order:
+        if bounds and full and _mean(bounds[p]) > min(map(_mean, full.values())) + _BOUND_MARGIN:
+            break
+        full[p] = [x for h, b in zip(finals[p], batches) for x in _head_losses(run.head, h, b, run.lse)]
+    return full
+
+
+class _Bound:
+    """A lower bound on a candidate's loss, at a few percent of the head's work: the logsumexp over a subset
+    of the vocabulary is at most the one over all of it, so the loss on the subset (each target in it) is at
+    most the loss. The subset: every target, and the `_BOUND_TOP` likeliest next tokens of each position
+    under the kept layers (a candidate drops one of them, so its likely tokens are mostly these)."""
+
+    def __init__(self, run: _Suffixes, rows: torch.Tensor, batches):
+        w, b = run.head.weight, run.head.bias
+        self.w, self.bias = w[rows].contiguous(), None if b is None else b[rows]
+        self.index = torch.full((w.shape[0],), -1, dtype=torch.long, device=w.device)
+        self.index[rows] = torch.arange(len(rows), device=w.device)
+        self.batches = batches
+
+    @classmethod
+    def of_model(cls, run: _Suffixes, current: list[torch.Tensor], batches) -> _Bound | None:
+        if type(run.head) is not torch.nn.Linear:
+            return None
+        top = [run.head(x[:-1]).topk(_BOUND_TOP, dim=-1).indices.flatten() for h in current for x in h]
+        return cls(run, torch.unique(torch.cat(top + [b[:, 1:].flatten() for b in batches])), batches)
+
+    def losses(self, final: list[torch.Tensor]) -> list[float]:
+        """Per-block lower bounds from a candidate's final states (per batch, [b, S, H])."""
+        # Eager logsumexp: the subset's size changes every round (a compiled one would recompile each time).
+        return [_fused_loss(self.w, self.bias, x[:-1], self.index[t[1:]], _chunk_lse)
+                for h, b in zip(final, self.batches) for x, t in zip(h, b)]
 
 
 def _embeds_route_matches(run: _Suffixes, keep, batches, embeds) -> bool:

@@ -51,8 +51,10 @@ READ_EVERY = 10  # steps between reads of the losses from the device (each read 
 STATE_FILE = "state.json"
 # Calibration tokens of the greedy layer choice (config.layer_select_tokens, when not given). 30 -> 8 on
 # SmolLM2 costs ~31G multiply-adds per token. 512 and 256 tokens choose other layers than 2,048
-# (benchmarks/RESULTS.md, `gpu_scale2.sh` step 5), so the CPU count stays 2,048; the CPU saves time with
-# bf16 instead (layer_select_dtype).
+# (benchmarks/RESULTS.md, `gpu_scale2.sh` step 5), and 1,024 (the first two of the four blocks) already
+# picks another first removal (layer 4, not 14, in the 2,048-token bf16 trace), so the CPU count stays
+# 2,048; the CPU saves time with bf16, torch.compile and resumed candidates instead (layer_select_dtype,
+# layer_select_compile).
 GPU_SELECT_TOKENS = 2048
 CPU_SELECT_TOKENS = 2048
 # `greedy-screened` screens each round (layer_choice.Screen; bf16 where oneDNN has bf16 kernels). It stays opt-in:
