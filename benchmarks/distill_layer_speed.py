@@ -22,6 +22,13 @@ a CPU with AMX, layer_select_precision auto); issue 18, session 9:
     python benchmarks/distill_layer_speed.py --data ../shared/data/wikitext-2/wiki.valid.tokens --tokens 2048 \
         --threads 1 --dtype bfloat16 --expect 0 1 2 8 11 24 28 29 --variant bf16_exact_t1
 
+--compile also runs the layers and the head's chunk logsumexp through torch.compile, as `compress distill` does by
+default on a CPU with AMX (train.layer_select_compile); each run then records `bounds` (how many candidates the
+lower bounds left for the exact head loss, and how far below the exact losses the bounds were). Issue 18, session 10:
+
+    python benchmarks/distill_layer_speed.py --data ../shared/data/wikitext-2/wiki.valid.tokens --tokens 2048 \
+        --threads 2 --dtype bfloat16 --compile --expect 0 1 2 8 11 24 28 29 --variant bf16_compiled_memo_bound_t2
+
 --screen-tokens T --screen-keep K --screen-dtype D runs the screened choice (layer_choice.Screen: every
 candidate on the first T tokens in D, the best K on all of them in fp32) and --expect the exact greedy's
 layers marks it identical or not; each run keeps its per-round trace (losses by layer) and `screen_margins`:
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -81,7 +89,7 @@ def timed(fn, model, *args, **kwargs):
     return keep, round(time.perf_counter() - t, 1), {
         "cpu_seconds": round(cpu_s, 1), "torch_threads": threads, "cpu_seconds_per_thread": round(cpu_s / threads, 1),
         "loadavg_1_5_15_before": [round(x, 2) for x in load], "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
-        **c.close()}
+        "max_rss_kb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **c.close()}
 
 
 def cpu_flags() -> list[str]:

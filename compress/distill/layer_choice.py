@@ -308,7 +308,8 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
             bound = _Bound.of_model(run, current, batches) if screen is None and _BOUND_MARGIN is not None else None
             ran, finals = _Memo(), {}
             for p in cands:
-                outs = [_suffix_run(run, e[p], keep[p + 1:], memo.get(keep[p]), i) for i, e in enumerate(entering)]
+                last = memo.pop(keep[p], None)  # used once: freed as it goes
+                outs = [_suffix_run(run, e[p], keep[p + 1:], last, i) for i, e in enumerate(entering)]
                 ran.add(keep[p], keep[p + 1:], [seen for _, seen in outs])
                 finals[p] = [h for h, _ in outs]
                 bar.update()
@@ -321,7 +322,7 @@ def select_layers_greedy(teacher, n_student: int, blocks: torch.Tensor, progress
                               "full": {keep[q]: v for q, v in full.items()},
                               "bound": {keep[q]: v for q, v in bounds.items()} or None})
             states = ran.runs[keep[p]][1] if keep[p] in ran.runs else \
-                [_suffix_run(run, e[p], keep[p + 1:], memo.get(keep[p]), i)[1] for i, e in enumerate(entering)]
+                [_suffix_run(run, e[p], keep[p + 1:], None, i)[1] for i, e in enumerate(entering)]
             current, memo = finals[p], ran.before(keep.pop(p))
             # The winner's run recorded what enters each layer after it: the new cache from p on.
             for e, seen in zip(entering, states):
