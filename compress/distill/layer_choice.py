@@ -149,16 +149,17 @@ class _Suffixes:
         self.calls, self.lse = _compiled(original) if compile else (list(original), None)
         self.kwargs: dict[tuple, dict[int, dict]] = {}  # [b, S] -> layer -> its other arguments
 
-    def run(self, h: torch.Tensor, layers: list[int], record: bool = False):
-        """(final normed hidden states [b, S, H], [state entering each of `layers`] if record). h [b, S, H]."""
+    def run(self, h: torch.Tensor, layers: list[int], record: bool = False, eager: bool = False):
+        """(final normed hidden states [b, S, H], [state entering each of `layers`] if record). h [b, S, H].
+        `eager`: the layers themselves, not their compiled form."""
         kw = self.kwargs.setdefault(tuple(h.shape[:2]), {})
         if self.norm is None or not all(j in kw for j in layers):
             return self._model_run(h, layers, kw, record)
-        seen: list[torch.Tensor] = []
+        calls, seen = self.original if eager else self.calls, []
         for j in layers:
             if record:
                 seen.append(h)
-            h = self.calls[j](h, **kw[j])
+            h = calls[j](h, **kw[j])
             h = h[0] if isinstance(h, tuple) else h
         return self.norm(h), seen
 
@@ -168,7 +169,8 @@ class _Suffixes:
 
         def hook(j):
             def pre(module, args, kwargs):
-                kw[j] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                if len(args) <= 1:  # the hidden states and keyword arguments only: the call can be replayed
+                    kw[j] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
                 if record:
                     seen.append(args[0] if args else kwargs["hidden_states"])
             return pre
@@ -404,9 +406,11 @@ class _Bound:
 
 
 def _embeds_route_matches(run: _Suffixes, keep, batches, embeds) -> bool:
-    """Does the decoder from the embedding output, then the head, give the forward from token ids? (Not for
-    a model that rescales `inputs_embeds` or transforms its logits; such a model takes the reference path.)"""
+    """Does the decoder from the embedding output, then the head, give the forward from token ids, through
+    the model's forward and through direct layer calls? (Not for a model that rescales `inputs_embeds`,
+    transforms its logits or works between its layers; such a model takes the reference path.)"""
     _use_layers(run.model, run.original, keep)
     ids_logits = run.model(input_ids=batches[0][:1], use_cache=False).logits
-    emb_logits = run.head(run.run(embeds[0][:1], keep)[0])
-    return bool(torch.allclose(ids_logits, emb_logits, rtol=1e-3, atol=1e-3))
+    via_model = run.head(run.run(embeds[0][:1], keep)[0])  # the first run at this shape: the model's own forward
+    direct = run.head(run.run(embeds[0][:1], keep, eager=True)[0])  # then the layers called directly
+    return all(torch.allclose(ids_logits, x, rtol=1e-3, atol=1e-3) for x in (via_model, direct))
