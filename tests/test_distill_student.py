@@ -210,6 +210,17 @@ def test_fused_head_loss_is_the_cross_entropy_of_the_logits(teacher8, monkeypatc
             assert layer_choice._head_losses(cast, h, ids) == pytest.approx(want, abs=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_layer_choice_chooses_as_the_reference(teacher8):
+    """The layers and the head's logsumexp through torch.compile (the CPU default where AMX is there, for a
+    big enough choice: train.layer_select_compile), in bf16: the same choice as the fp32 reference here; the
+    teacher stays in fp32 with its layers. (Without a C++ compiler this runs eager, with a warning.)"""
+    blocks = torch.randint(3, 500, (3, 32), generator=torch.Generator().manual_seed(0))
+    want = select_layers_greedy_reference(teacher8, 4, blocks)
+    assert select_layers_greedy(teacher8, 4, blocks, dtype=torch.bfloat16, compile=True) == want
+    assert all(p.dtype == torch.float32 for p in teacher8.parameters()) and len(teacher8.model.layers) == 8
+
+
 def test_screened_greedy_scores_only_the_survivors_on_all_tokens(teacher8):
     """Each screened round scores every candidate on the screen's tokens and only `keep` of them on all the
     blocks in fp32, removes the best of those by that full loss, and leaves the teacher in fp32 with its
@@ -309,5 +320,13 @@ def test_layer_choice_precision_defaults_to_bf16_only_on_a_cpu_with_amx():
     assert layer_select_dtype(exact, torch.device("cpu")) == torch.float32
     assert layer_select_dtype(cfg.model_copy(update={"layer_select_precision": "bf16"}), "cuda") == torch.bfloat16
     assert exact.run_hash() != cfg.run_hash()
+    # torch.compile only in auto on a CPU with AMX, and only where the choice is big enough to pay for compiling.
+    from compress.distill.train import layer_select_compile
+
+    big = cfg.model_copy(update={"student_layers": 8})
+    assert layer_select_compile(big, torch.device("cpu"), 30) == _cpu_has_amx()  # SmolLM2 30 -> 8: 429 candidates
+    assert not layer_select_compile(cfg, torch.device("cpu"), 4)  # 4 -> 2: 7 candidates
+    assert not layer_select_compile(big.model_copy(update={"layer_select_precision": "bf16"}), "cpu", 30)
+    assert not layer_select_compile(big, torch.device("cuda"), 30)
     with pytest.raises(CompressError, match="layer_select_precision"):
         make_config(teacher="t", output="o", student_layers=2, layer_select_precision="fp8")
