@@ -22,6 +22,13 @@ a CPU with AMX, layer_select_precision auto); issue 18, session 9:
     python benchmarks/distill_layer_speed.py --data ../shared/data/wikitext-2/wiki.valid.tokens --tokens 2048 \
         --threads 1 --dtype bfloat16 --expect 0 1 2 8 11 24 28 29 --variant bf16_exact_t1
 
+--compile also runs the layers and the head's chunk logsumexp through torch.compile, as `compress distill` does by
+default on a CPU with AMX (train.layer_select_compile); each run then records `bounds` (how many candidates the
+lower bounds left for the exact head loss, and how far below the exact losses the bounds were). Issue 18, session 10:
+
+    python benchmarks/distill_layer_speed.py --data ../shared/data/wikitext-2/wiki.valid.tokens --tokens 2048 \
+        --threads 2 --dtype bfloat16 --compile --expect 0 1 2 8 11 24 28 29 --variant bf16_compiled_memo_bound_t2
+
 --screen-tokens T --screen-keep K --screen-dtype D runs the screened choice (layer_choice.Screen: every
 candidate on the first T tokens in D, the best K on all of them in fp32) and --expect the exact greedy's
 layers marks it identical or not; each run keeps its per-round trace (losses by layer) and `screen_margins`:
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -81,7 +89,7 @@ def timed(fn, model, *args, **kwargs):
     return keep, round(time.perf_counter() - t, 1), {
         "cpu_seconds": round(cpu_s, 1), "torch_threads": threads, "cpu_seconds_per_thread": round(cpu_s / threads, 1),
         "loadavg_1_5_15_before": [round(x, 2) for x in load], "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
-        **c.close()}
+        "max_rss_kb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **c.close()}
 
 
 def cpu_flags() -> list[str]:
@@ -120,6 +128,19 @@ def screen_margins(rounds: list[dict]) -> list[dict]:
     return out
 
 
+def bound_stats(rounds: list[dict]) -> dict | None:
+    """How the lower bounds did (layer_choice._Bound): candidates in all, those scored exactly, and over the
+    scored ones the smallest and the median of exact loss - bound (per candidate, mean over blocks; a
+    negative smallest would be a bound above the loss)."""
+    rounds = [r for r in rounds if r.get("bound")]
+    if not rounds:
+        return None
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    slack = sorted(mean(r["full"][k]) - mean(r["bound"][k]) for r in rounds for k in r["full"])
+    return {"candidates": sum(len(r["bound"]) for r in rounds), "scored_exactly": len(slack),
+            "min_loss_minus_bound": round(slack[0], 6), "median_loss_minus_bound": round(slack[len(slack) // 2], 6)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="calibration text (required unless --margins-of)")
@@ -136,6 +157,8 @@ def main() -> None:
     p.add_argument("--screen-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="float32",
                    help="run the whole choice on a copy of the teacher in this dtype (select_layers_greedy(dtype=))")
+    p.add_argument("--compile", action="store_true",
+                   help="run the layers through torch.compile (select_layers_greedy(compile=True))")
     p.add_argument("--expect", type=int, nargs="*", help="the exact greedy's choice, to mark each run identical or not")
     p.add_argument("--variant", default="exact", help="names the default --out")
     p.add_argument("--out", help="default: benchmarks/results/distill_layer_speed_cpu_<variant>.json")
@@ -173,7 +196,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     res = {"what": f"greedy layer choice {n} -> {args.layers} in {args.dtype}; blocks as compress distill --data FILE "
                    f"(--seq-len {base.seq_len}) takes them", "data": args.data, "threads": args.threads, "dtype": args.dtype,
-           "device": args.device, "versions": runtime.library_versions(), "hardware": runtime.hardware(),
+           "device": args.device, "compile": args.compile, "versions": runtime.library_versions(), "hardware": runtime.hardware(),
            "cpu_flags": cpu_flags(), "screen": screen and {"tokens": screen.tokens, "keep": screen.keep,
                                                            "dtype": str(screen.dtype)},
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": []}
@@ -181,11 +204,11 @@ def main() -> None:
         blocks = layer_select_blocks(base.model_copy(update={"layer_select_tokens": tokens}), data, args.device)
         trace: list = []
         keep, secs, work = timed(select_layers_greedy, teacher, args.layers, blocks, screen=screen or None, trace=trace,
-                                  dtype=dtype)
+                                  dtype=dtype, compile=args.compile)
         run = {"tokens": int(blocks.numel()), "blocks": list(blocks.shape), "seconds": secs, "kept_layers": keep,
                "identical_to_expected": None if args.expect is None else keep == args.expect, **work}
         print(json.dumps(run), flush=True)
-        run["screen_margins"], run["rounds"] = screen_margins(_jsonable(trace)), trace
+        run["screen_margins"], run["bounds"], run["rounds"] = screen_margins(_jsonable(trace)), bound_stats(trace), trace
         res["runs"].append(run)
         Path(args.out).write_text(json.dumps(res, indent=1))
     if args.reference_rounds:

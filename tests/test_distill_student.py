@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -131,6 +132,95 @@ def test_fast_greedy_choice_equals_the_reference(teacher8):
     assert select_layers_greedy(teacher, 8, blocks) == list(range(8))
 
 
+def test_suffix_runs_call_the_layers_as_the_model_forward_does(teacher8):
+    """After the first run at a shape (the model's own forward, which shows what each layer is passed), the
+    suffix runs call the layers directly: the same states, bit for bit, entering each layer and out."""
+    from compress.distill.layer_choice import _borrowed, _Suffixes
+
+    blocks = torch.randint(3, 500, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), _borrowed(teacher8) as original:
+        run = _Suffixes(teacher8, original)
+        h = teacher8.get_input_embeddings()(blocks)
+        via_model, seen_model = run.run(h, [0, 2, 5, 7], record=True)
+        assert set(run.kwargs[(2, 32)]) == {0, 2, 5, 7}
+        direct, seen_direct = run.run(h, [0, 2, 5, 7], record=True)
+        other = run.run(seen_direct[1], [2, 5, 7])[0]
+    assert torch.equal(via_model, direct) and torch.equal(other, direct)
+    assert all(torch.equal(a, b) for a, b in zip(seen_model, seen_direct, strict=True))
+
+
+def test_resumed_candidates_score_exactly_as_whole_runs(teacher8, monkeypatch):
+    """A candidate whose layers before the last round's removed one saw the same states resumes from the state
+    that entered it: every candidate's losses, every round, are bit for bit those of whole suffix runs."""
+    from compress.distill import layer_choice
+
+    blocks = torch.randint(3, 500, (3, 32), generator=torch.Generator().manual_seed(5))
+    resumed, whole, calls = [], [], []
+    hooks = [layer.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0])) for layer in teacher8.model.layers]
+    try:
+        keep = select_layers_greedy(teacher8, 2, blocks, batch_size=2, trace=resumed)
+        n_resumed = sum(calls)
+        monkeypatch.setattr(layer_choice, "_MEMO_BYTES", 0)  # nothing kept: every candidate runs whole
+        assert select_layers_greedy(teacher8, 2, blocks, batch_size=2, trace=whole) == keep
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [r["full"] for r in resumed] == [r["full"] for r in whole]
+    assert n_resumed < 0.9 * (sum(calls) - n_resumed), (n_resumed, sum(calls) - n_resumed)
+
+
+def test_candidates_left_unscored_are_bounded_out(teacher8):
+    """Each round bounds every candidate's loss from below (a vocabulary subset) and scores exactly only those
+    whose bound is within the margin of the best exact loss: the bounds lie below the exact losses, the removed
+    layer has the best exact loss, every candidate left unscored has a bound above it by more than the margin
+    (it could not win), and the choice is the reference's."""
+    from compress.distill import layer_choice
+
+    blocks = torch.randint(3, 500, (3, 32), generator=torch.Generator().manual_seed(6))
+    trace: list = []
+    keep = select_layers_greedy(teacher8, 1, blocks, trace=trace)
+    assert keep == select_layers_greedy_reference(teacher8, 1, blocks)
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    unscored = 0
+    for r in trace:
+        best = min(mean(v) for v in r["full"].values())
+        assert mean(r["full"][r["removed"]]) == best and sorted(r["bound"]) == r["kept"]
+        for layer, bound in r["bound"].items():
+            if layer in r["full"]:
+                assert all(b <= f + 1e-5 for b, f in zip(bound, r["full"][layer], strict=True))
+            else:
+                unscored += 1
+                assert mean(bound) > best + layer_choice._BOUND_MARGIN
+    assert unscored > 0
+
+
+def test_fused_head_loss_is_the_cross_entropy_of_the_logits(teacher8, monkeypatch):
+    """The head loss by vocabulary chunks (a chunk size that does not divide the vocabulary here) is the
+    cross-entropy of the head's logits, in fp32 and from bf16 logits, up to the summation order."""
+    from compress.distill import layer_choice
+
+    monkeypatch.setattr(layer_choice, "_VOCAB_CHUNK", 97)
+    head = teacher8.get_output_embeddings()
+    ids = torch.randint(3, 500, (2, 32), generator=torch.Generator().manual_seed(3))
+    hidden = torch.randn(2, 32, head.weight.shape[1], generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for h, dtype in ((hidden, torch.float32), (hidden.bfloat16(), torch.bfloat16)):
+            cast = copy.deepcopy(head).to(dtype)  # a copy: the teacher's head is tied to its embeddings
+            want = [torch.nn.functional.cross_entropy(cast(x[:-1]).float(), t[1:]).item() for x, t in zip(h, ids)]
+            assert layer_choice._head_losses(cast, h, ids) == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_layer_choice_chooses_as_the_reference(teacher8):
+    """The layers and the head's logsumexp through torch.compile (the CPU default where AMX is there, for a
+    big enough choice: train.layer_select_compile), in bf16: the same choice as the fp32 reference here; the
+    teacher stays in fp32 with its layers. (Without a C++ compiler this runs eager, with a warning.)"""
+    blocks = torch.randint(3, 500, (3, 32), generator=torch.Generator().manual_seed(0))
+    want = select_layers_greedy_reference(teacher8, 4, blocks)
+    assert select_layers_greedy(teacher8, 4, blocks, dtype=torch.bfloat16, compile=True) == want
+    assert all(p.dtype == torch.float32 for p in teacher8.parameters()) and len(teacher8.model.layers) == 8
+
+
 def test_screened_greedy_scores_only_the_survivors_on_all_tokens(teacher8):
     """Each screened round scores every candidate on the screen's tokens and only `keep` of them on all the
     blocks in fp32, removes the best of those by that full loss, and leaves the teacher in fp32 with its
@@ -230,5 +320,13 @@ def test_layer_choice_precision_defaults_to_bf16_only_on_a_cpu_with_amx():
     assert layer_select_dtype(exact, torch.device("cpu")) == torch.float32
     assert layer_select_dtype(cfg.model_copy(update={"layer_select_precision": "bf16"}), "cuda") == torch.bfloat16
     assert exact.run_hash() != cfg.run_hash()
+    # torch.compile only in auto on a CPU with AMX, and only where the choice is big enough to pay for compiling.
+    from compress.distill.train import layer_select_compile
+
+    big = cfg.model_copy(update={"student_layers": 8})
+    assert layer_select_compile(big, torch.device("cpu"), 30) == _cpu_has_amx()  # SmolLM2 30 -> 8: 429 candidates
+    assert not layer_select_compile(cfg, torch.device("cpu"), 4)  # 4 -> 2: 7 candidates
+    assert not layer_select_compile(big.model_copy(update={"layer_select_precision": "bf16"}), "cpu", 30)
+    assert not layer_select_compile(big, torch.device("cuda"), 30)
     with pytest.raises(CompressError, match="layer_select_precision"):
         make_config(teacher="t", output="o", student_layers=2, layer_select_precision="fp8")

@@ -34,8 +34,9 @@ class DistillConfig(BaseModel):
     layer_selection: Literal["greedy", "greedy-screened", "even"] = "greedy"
     layer_select_tokens: int | None = Field(default=None, ge=8)
     # Precision of the greedy choice's forwards (train.layer_select_dtype): auto = bf16 on a CPU with AMX
-    # (oneDNN's bf16 matmuls; the same 30 -> 8 choice as fp32 on SmolLM2, benchmarks/RESULTS.md), else the
-    # teacher's; fp32 = the exact choice in the teacher's fp32 everywhere; bf16 = bf16 everywhere.
+    # (oneDNN's bf16 matmuls, and the layers through torch.compile: train.layer_select_compile; the same
+    # 30 -> 8 choice as fp32 on SmolLM2, benchmarks/RESULTS.md), else the teacher's; fp32 = the exact choice
+    # in the teacher's fp32 everywhere; bf16 = bf16 everywhere, eager.
     layer_select_precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Keep the student's input and output embeddings as initialised (the teacher's, for a derived
     # student): fewer trained parameters, and only the decoder layers differ from the teacher's.

@@ -51,10 +51,13 @@ READ_EVERY = 10  # steps between reads of the losses from the device (each read 
 STATE_FILE = "state.json"
 # Calibration tokens of the greedy layer choice (config.layer_select_tokens, when not given). 30 -> 8 on
 # SmolLM2 costs ~31G multiply-adds per token. 512 and 256 tokens choose other layers than 2,048
-# (benchmarks/RESULTS.md, `gpu_scale2.sh` step 5), so the CPU count stays 2,048; the CPU saves time with
-# bf16 instead (layer_select_dtype).
+# (benchmarks/RESULTS.md, `gpu_scale2.sh` step 5), and 1,024 (the first two of the four blocks) already
+# picks another first removal (layer 4, not 14, in the 2,048-token bf16 trace), so the CPU count stays
+# 2,048; the CPU saves time with bf16, torch.compile and resumed candidates instead (layer_select_dtype,
+# layer_select_compile).
 GPU_SELECT_TOKENS = 2048
 CPU_SELECT_TOKENS = 2048
+COMPILE_MIN_CANDIDATES = 100  # layer_select_compile
 # `greedy-screened` screens each round (layer_choice.Screen; bf16 where oneDNN has bf16 kernels). It stays opt-in:
 # in SmolLM2's 30 -> 8 bf16 run, a 512-token screen ranks a round's winner as low as 6th (keep 3 would change the
 # choice; benchmarks/results/distill_layer_speed_cpu_bf16_exact_t1.json, screen_margins).
@@ -238,7 +241,8 @@ def _load_models(cfg: DistillConfig, device: torch.device, dtype: torch.dtype, p
         n = teacher.config.num_hidden_layers
         if cfg.layer_selection != "even" and cfg.student_layers is not None and cfg.student_layers < n:
             keep = select_layers_greedy(teacher, cfg.student_layers, layer_select_blocks(cfg, data, device), progress,
-                                        screen=layer_select_screen(cfg), dtype=layer_select_dtype(cfg, device))
+                                        screen=layer_select_screen(cfg), dtype=layer_select_dtype(cfg, device),
+                                        compile=layer_select_compile(cfg, device, n))
         student = derive_student(teacher, cfg.student_layers, cfg.student_intermediate_size, keep=keep, state=cpu_state)
         del cpu_state
         keep = keep if keep is not None else kept_layers(n, cfg.student_layers or n)
@@ -265,6 +269,17 @@ def layer_select_dtype(cfg: DistillConfig, device: torch.device) -> torch.dtype 
     if cfg.layer_select_precision == "bf16":
         return torch.bfloat16
     return torch.bfloat16 if torch.device(device).type == "cpu" and _cpu_has_amx() else None
+
+
+def layer_select_compile(cfg: DistillConfig, device: torch.device, n_teacher: int) -> bool:
+    """Whether the greedy choice runs its layers (and its head loss's reductions) through torch.compile: in
+    the `auto` precision on a CPU with AMX, where eager bf16 spends much of its time in small elementwise ops
+    (see layer_choice._compiled; benchmarks/RESULTS.md, issue 18), and only for a choice of at least
+    COMPILE_MIN_CANDIDATES candidate removals (a first compile costs ~20 s on a 2-core CPU: it pays off over
+    SmolLM2's 429, not over a tiny model's few). The explicit `fp32` and `bf16` precisions run eager, as before."""
+    candidates = sum(range((cfg.student_layers or n_teacher) + 1, n_teacher + 1))
+    return (cfg.layer_select_precision == "auto" and layer_select_dtype(cfg, device) == torch.bfloat16
+            and candidates >= COMPILE_MIN_CANDIDATES)
 
 
 def _cpu_has_amx() -> bool:
