@@ -30,7 +30,7 @@ def distill(
     student_layers: Annotated[Optional[int], typer.Option(help="Derive the student: keep N of the teacher's layers (see --layer-selection).")] = None,
     layer_selection: Annotated[str, typer.Option(help="Derived student's layers: greedy (drop the least harmful layer, repeatedly, on training text) | greedy-screened (faster: each round scores its best few only on all the tokens) | even.")] = "greedy",
     layer_select_tokens: Annotated[Optional[int], typer.Option(help="Training tokens the greedy layer choice measures the loss on (default 2048; see train.CPU_SELECT_TOKENS).")] = None,
-    layer_select_precision: Annotated[str, typer.Option(help="Precision of the greedy layer choice: auto (bf16 on a CPU with AMX: ~2.7x less CPU time, the same SmolLM2 30 -> 8 choice as fp32 in benchmarks/RESULTS.md; else the teacher's) | fp32 (the exact choice, as before) | bf16.")] = "auto",
+    layer_select_precision: Annotated[str, typer.Option(help="Precision of the greedy layer choice: auto (bf16 + torch.compile on a CPU with AMX: ~2.5x less CPU than bf16 eager, the same SmolLM2 30 -> 8 choice as fp32 in benchmarks/RESULTS.md; else the teacher's) | fp32 (the exact choice, as before) | bf16.")] = "auto",
     student_intermediate_size: Annotated[Optional[int], typer.Option(help="Derived student: narrower MLP (keeps the largest-norm channels).")] = None,
     freeze_embeddings: Annotated[bool, typer.Option(help="Do not train the student's input/output embeddings (keep the teacher's).")] = False,
     student: Annotated[Optional[str], typer.Option(help="Student model or config-only directory sharing the teacher's tokenizer.")] = None,
