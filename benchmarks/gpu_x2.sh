@@ -52,12 +52,11 @@ go10)  # GPU 1: recipes/gpu-quick.yaml alone, resumed until it finishes. GPU 0: 
       sleep 5; done; for i in 1 2 3 4; do OUT=/tmp/out_recipe bash benchmarks/gpu_recipe.sh run \
       > /tmp/recipe.log 2>&1; grep -q "recipe finished" /tmp/recipe.log && break; done; echo done > /tmp/recipe.done' \
     > /tmp/gpu1.log 2>&1 &
-  export CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref
-  setsid nohup bash -c 'bash benchmarks/gpu_reference.sh model; bash benchmarks/gpu_reference.sh rows \
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash -c 'bash benchmarks/gpu_reference.sh model; bash benchmarks/gpu_reference.sh rows \
       "B32 gptq-ours 32 1" "C32 gptq-ours-sym 32 1" "B64 gptq-ours 64 1" "C64 gptq-ours-sym 64 1" \
       "B32b gptq-ours 32 2" "C32b gptq-ours-sym 32 2" "B64b gptq-ours 64 2" "C64b gptq-ours-sym 64 2"' \
     > /tmp/gpu0.log 2>&1 &
-  ARTIFACTS="ours-gptq-g32=/tmp/ref/q/B32/gptq-ours-g32-s1 ours-gptq-sym-g32=/tmp/ref/q/C32/gptq-ours-sym-g32-s1" \
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref ARTIFACTS="ours-gptq-g32=/tmp/ref/q/B32/gptq-ours-g32-s1 ours-gptq-sym-g32=/tmp/ref/q/C32/gptq-ours-sym-g32-s1" \
     setsid nohup bash benchmarks/gpu_reference.sh llama > /tmp/llama0.log 2>&1 &
   sleep ${WAIT_S:-400}; bash "$0" status ;;
 poll)
