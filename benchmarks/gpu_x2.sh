@@ -9,6 +9,7 @@
 #   2. carry .gl .whl3 .part/model.gguf.01    bash benchmarks/gpu_x2.sh piece
 #   3. carry .part/model.gguf.02              bash benchmarks/gpu_x2.sh go10
 #   4. no carry, repeated                     bash benchmarks/gpu_x2.sh poll    ($OUT gets what has finished)
+# Next (issue 16's llama.cpp rows; kind nvidia-h200 is enough): setup, piece, then go16 instead of go10, then poll.
 # Earlier sessions' steps (scale, route, serve, go, go9, rescue9, trim9, bnb, recipe), which benchmarks/RESULTS.md
 # cites, are in this file at commit 9c88114.
 set -uo pipefail
@@ -59,6 +60,16 @@ go10)  # GPU 1: recipes/gpu-quick.yaml alone, resumed until it finishes. GPU 0: 
   CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref ARTIFACTS="ours-gptq-g32=/tmp/ref/q/B32/gptq-ours-g32-s1 ours-gptq-sym-g32=/tmp/ref/q/C32/gptq-ours-sym-g32-s1" \
     setsid nohup bash benchmarks/gpu_reference.sh llama > /tmp/llama0.log 2>&1 &
   sleep ${WAIT_S:-400}; bash "$0" status ;;
+go16)  # issue 16's remaining rows (one GPU is enough): the reference, our g32 defaults and --sym (seed 0), then
+  # llama.cpp's Q4_0/Q4_1/Q4_K_M of the reference and those two artifacts exported, all scored by llama.cpp
+  assemble || exit 1
+  rm -rf /tmp/ref; mkdir -p /tmp/ref /tmp/out_ref; touch /tmp/recipe.done  # no recipe in this lease
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash -c 'bash benchmarks/gpu_reference.sh model; \
+      bash benchmarks/gpu_reference.sh rows "B32 gptq-ours 32 0" "C32 gptq-ours-sym 32 0"' > /tmp/gpu0.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref THREADS=14 \
+    ARTIFACTS="ours-gptq-g32=/tmp/ref/q/B32/gptq-ours-g32-s0 ours-gptq-sym-g32=/tmp/ref/q/C32/gptq-ours-sym-g32-s0" \
+    setsid nohup bash benchmarks/gpu_reference.sh llama > /tmp/llama0.log 2>&1 &
+  sleep ${WAIT_S:-400}; bash "$0" status ;;
 poll)
   for _ in $(seq ${WAIT_N:-108}); do
     [ -f /tmp/recipe.done ] && grep -q "^llama rc" /tmp/ref/status 2>/dev/null && ! pgrep -f quality_ > /dev/null && break
@@ -77,5 +88,5 @@ status)  # what ran so far; results tarred into $OUT (at most 8 files come back)
     /tmp/llama0.log 2>/dev/null
   ls -la "$OUT"; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
 *)
-  echo "usage: $0 setup|piece|go10|poll|status" >&2; exit 2 ;;
+  echo "usage: $0 setup|piece|go10|go16|poll|status" >&2; exit 2 ;;
 esac
