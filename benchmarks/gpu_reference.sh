@@ -30,6 +30,9 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" $Q
 COMMON="--model $REF --device cuda --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin
   --heldout-max-tokens 131072 --calib-samples 128 --calib-seqlen 512 --context 1024 --kl-tokens 16384"
+wait_model() {  # the reference, built by `model` (possibly in another job); up to 20 min
+  for _ in $(seq 300); do [ -f /tmp/ref/.model ] && return 0; sleep 4; done; return 1
+}
 shard() {  # NAME ROWS GROUPS SEEDS
   OMP_NUM_THREADS=${SHARD_THREADS:-3} python3 benchmarks/quality_table.py $COMMON --rows "$2" --groups "$3" --seeds "$4" \
     --work $Q/"$1" --out "$OUT/qt_$1.json" > /tmp/ref/"$1".log 2>&1
@@ -46,8 +49,7 @@ model)  # MAX_STEPS=789 (the default) reproduces session 8's reference (bf16 Wik
   [ -f $REF/config.json ] && touch /tmp/ref/.model ;;
 rows)  # "NAME ROWS GROUPS SEEDS" ...: waits for the model, then runs the shards, at most $PARALLEL (2) at once
   shift
-  for _ in $(seq 300); do [ -f /tmp/ref/.model ] && break; sleep 4; done
-  [ -f /tmp/ref/.model ] || exit 1
+  wait_model || exit 1
   for spec in "$@"; do
     while [ "$(jobs -rp | wc -l)" -ge "${PARALLEL:-2}" ]; do wait -n; done
     set -- $spec; SHARD_THREADS=2 shard $1 $2 $3 $4 &
@@ -55,7 +57,7 @@ rows)  # "NAME ROWS GROUPS SEEDS" ...: waits for the model, then runs the shards
   wait ;;
 llama)  # llama.cpp's own quantizers of the reference ($LLAMA_TYPES) and our artifacts exported ($ARTIFACTS:
   # NAME=DIR ..., waited for: a shard's work dir), all run by llama.cpp on the host CPU
-  for _ in $(seq 300); do [ -f /tmp/ref/.model ] && break; sleep 4; done
+  wait_model || exit 1
   args=()
   for a in ${ARTIFACTS:-}; do
     for _ in $(seq 450); do [ -f "${a#*=}/compress.json" ] && break; sleep 4; done
@@ -67,7 +69,7 @@ llama)  # llama.cpp's own quantizers of the reference ($LLAMA_TYPES) and our art
     --work /tmp/ref/gguf --out "$OUT/qt_L.json" >> /tmp/ref/llama.log 2>&1
   echo "llama rc $?" >> /tmp/ref/status ;;
 peers)
-  for _ in $(seq 200); do [ -f /tmp/ref/.model ] && break; sleep 5; done
+  wait_model || exit 1
   shard F autoround-ours 128,32 0 &
   shard G autoround 128,32 0 &
   wait ;;

@@ -24,6 +24,15 @@ assemble() {
   mkdir -p /tmp/m && cat /tmp/parts/model.gguf.* > /tmp/m/model.gguf
   echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/m/model.gguf" | sha256sum -c -
 }
+reference_jobs() {  # SEED SPEC...: on GPU 0, detached, the reference then the table shards SPEC..., and the
+  # llama.cpp rows of the reference and of shards B32/C32's artifacts (seed SEED) exported
+  local seed=$1; shift
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash -c 'bash benchmarks/gpu_reference.sh model
+      bash benchmarks/gpu_reference.sh rows "$@"' _ "$@" > /tmp/gpu0.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref \
+    ARTIFACTS="ours-gptq-g32=/tmp/ref/q/B32/gptq-ours-g32-s$seed ours-gptq-sym-g32=/tmp/ref/q/C32/gptq-ours-sym-g32-s$seed" \
+    setsid nohup bash benchmarks/gpu_reference.sh llama > /tmp/llama0.log 2>&1 &
+}
 case $1 in
 setup)
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -53,22 +62,14 @@ go10)  # GPU 1: recipes/gpu-quick.yaml alone, resumed until it finishes. GPU 0: 
       sleep 5; done; for i in 1 2 3 4; do OUT=/tmp/out_recipe bash benchmarks/gpu_recipe.sh run \
       > /tmp/recipe.log 2>&1; grep -q "recipe finished" /tmp/recipe.log && break; done; echo done > /tmp/recipe.done' \
     > /tmp/gpu1.log 2>&1 &
-  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash -c 'bash benchmarks/gpu_reference.sh model; bash benchmarks/gpu_reference.sh rows \
-      "B32 gptq-ours 32 1" "C32 gptq-ours-sym 32 1" "B64 gptq-ours 64 1" "C64 gptq-ours-sym 64 1" \
-      "B32b gptq-ours 32 2" "C32b gptq-ours-sym 32 2" "B64b gptq-ours 64 2" "C64b gptq-ours-sym 64 2"' \
-    > /tmp/gpu0.log 2>&1 &
-  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref ARTIFACTS="ours-gptq-g32=/tmp/ref/q/B32/gptq-ours-g32-s1 ours-gptq-sym-g32=/tmp/ref/q/C32/gptq-ours-sym-g32-s1" \
-    setsid nohup bash benchmarks/gpu_reference.sh llama > /tmp/llama0.log 2>&1 &
+  reference_jobs 1 "B32 gptq-ours 32 1" "C32 gptq-ours-sym 32 1" "B64 gptq-ours 64 1" "C64 gptq-ours-sym 64 1" \
+      "B32b gptq-ours 32 2" "C32b gptq-ours-sym 32 2" "B64b gptq-ours 64 2" "C64b gptq-ours-sym 64 2"
   sleep ${WAIT_S:-400}; bash "$0" status ;;
 go16)  # issue 16's remaining rows (one GPU is enough): the reference, our g32 defaults and --sym (seed 0), then
   # llama.cpp's Q4_0/Q4_1/Q4_K_M of the reference and those two artifacts exported, all scored by llama.cpp
   assemble || exit 1
   rm -rf /tmp/ref; mkdir -p /tmp/ref /tmp/out_ref; touch /tmp/recipe.done  # no recipe in this lease
-  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash -c 'bash benchmarks/gpu_reference.sh model; \
-      bash benchmarks/gpu_reference.sh rows "B32 gptq-ours 32 0" "C32 gptq-ours-sym 32 0"' > /tmp/gpu0.log 2>&1 &
-  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref THREADS=14 \
-    ARTIFACTS="ours-gptq-g32=/tmp/ref/q/B32/gptq-ours-g32-s0 ours-gptq-sym-g32=/tmp/ref/q/C32/gptq-ours-sym-g32-s0" \
-    setsid nohup bash benchmarks/gpu_reference.sh llama > /tmp/llama0.log 2>&1 &
+  THREADS=14 reference_jobs 0 "B32 gptq-ours 32 0" "C32 gptq-ours-sym 32 0"
   sleep ${WAIT_S:-400}; bash "$0" status ;;
 poll)
   for _ in $(seq ${WAIT_N:-108}); do

@@ -2,7 +2,8 @@
 
 For each P (0 = off) × group size × seed: `compress quantize --method gptq --mse P`, then KL(source ‖ quantized)
 of next-token distributions on the first --kl-tokens tokens of each text, the same windows for every run
-(quality_table.kl_to_source). Other options: `compress quantize` defaults, --calib-samples × --calib-seqlen.
+(compress.evaluate.perplexity.kl_to_source). Other options: `compress quantize` defaults, --calib-samples ×
+--calib-seqlen.
 
     .venv/bin/python benchmarks/quality_mse_sweep.py --model tiny-trained --work out/quality \\
         --text ../shared/data/corpus/austen5.txt.xz --text ../shared/data/wikitext-2/wiki.test.tokens \\
@@ -19,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from quality_table import _head, build_tiny_trained, kl_to_source  # noqa: E402
+from quality_table import _head, build_tiny_trained  # noqa: E402
 
 from compress import runtime  # noqa: E402
 from compress.data import load_texts, tokenize_stream  # noqa: E402
+from compress.evaluate.perplexity import kl_to_source  # noqa: E402
 from compress.models import checkpoint_dir, load_causal_lm, load_tokenizer, resolve  # noqa: E402
 from compress.quantize import make_config, quantize  # noqa: E402
 

@@ -371,10 +371,12 @@ def _exact_losses(run: _Suffixes, finals: dict, batches, bounds: dict) -> dict[i
     far by more than `_BOUND_MARGIN`: it and all after it cannot win."""
     order = sorted(finals, key=lambda p: (_mean(bounds[p]), p)) if bounds else list(finals)
     full: dict[int, list[float]] = {}
+    best = float("inf")  # the lowest exact mean loss so far
     for p in order:
-        if bounds and full and _mean(bounds[p]) > min(map(_mean, full.values())) + _BOUND_MARGIN:
+        if bounds and _mean(bounds[p]) > best + _BOUND_MARGIN:
             break
         full[p] = [x for h, b in zip(finals[p], batches) for x in _head_losses(run.head, h, b, run.lse)]
+        best = min(best, _mean(full[p]))
     return full
 
 

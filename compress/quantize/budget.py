@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from compress.errors import CompressError
+from compress.quantize.grid import signed_peak_step
 
 KEEP_WIDTH = 16  # a kept layer's bits in a bf16/fp16 source (32 in an fp32 one: `keep_bits`)
 
@@ -45,9 +46,8 @@ def rtn_weight(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.
     x = torch.nn.functional.pad(w.float(), (0, pad)).reshape(out_f, -1, g)  # [out, groups, g]
     qmax = 2**bits - 1
     if sym:  # the signed-peak grid our GPTQ and RTN use (grid.py): the group's peak weight, sign kept, is exact
-        zero = torch.full_like(x[..., :1], (qmax + 1) / 2)
-        peak = x.gather(-1, x.abs().argmax(-1, keepdim=True))
-        scale = torch.where(peak == 0, torch.ones_like(peak), peak) / -zero
+        scale = signed_peak_step(x, (qmax + 1) / 2)
+        zero = torch.full_like(scale, (qmax + 1) / 2)
     else:
         lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
         scale = ((hi - lo) / qmax).clamp_min(1e-8)

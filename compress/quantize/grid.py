@@ -67,14 +67,19 @@ def _errors(x: torch.Tensor, scales: torch.Tensor, zero: float, maxq: int, norm:
     return (s * (q - zero) - x).abs_().pow_(norm).sum(-1)
 
 
+def signed_peak_step(x: torch.Tensor, zero: float) -> torch.Tensor:
+    """The signed-peak step of each row of `x` [..., g] (keepdim): the row's largest-magnitude weight, sign kept,
+    over −zero (zero = 2^(b−1)), so that weight is exactly the lowest level; an all-zero row gets step −1/zero."""
+    peak = x.gather(-1, x.abs().argmax(-1, keepdim=True))
+    return torch.where(peak == 0, torch.ones_like(peak), peak) / -zero
+
+
 def _signed_peak(self, x: torch.Tensor) -> None:
     """Replace the symmetric scale of rows `x` [N, g] by the signed-peak one (or, with `mse`, by the better of the
     two families at each shrink factor). The zero point stays 2^(b−1)."""
     maxq = int(self.maxq.item())
     zero = (maxq + 1) / 2
-    peak = x.gather(1, x.abs().argmax(1, keepdim=True)).squeeze(1)
-    peak = torch.where(peak == 0, torch.ones_like(peak), peak)
-    signed = peak / -zero
+    signed = signed_peak_step(x, zero).squeeze(1)
     norm = float(getattr(self.qcfg, "mse", 0.0) or 0.0)
     if norm <= 0:
         self.scale = signed.reshape(self.scale.shape).to(self.scale.dtype)
