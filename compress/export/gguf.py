@@ -20,9 +20,7 @@ permutation is exact too. The file is written beside OUTPUT and renamed into pla
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ import torch
 
 from compress.errors import CompressError
 from compress.export.blocks import BLOCK, q4_0_blocks, q4_1_blocks, q8_0_blocks
+from compress.export.source import Artifact, ExportResult, check_gptq_layout, gptq_codes
 
 _LAYER_NAMES = {
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
@@ -38,21 +37,6 @@ _LAYER_NAMES = {
     "mlp.down_proj": "ffn_down",
 }
 _TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
-
-
-@dataclass
-class ExportResult:
-    output: str
-    format: str
-    file_type: str  # the GGUF file type (the type most layers use)
-    size_bytes: int
-    tensor_types: dict[str, int]  # GGUF type → tensor count
-    max_abs_weight_change: float  # 0.0 when every tensor is exact
-    notes: list[str] = field(default_factory=list)
-    tokenizer: str = ""  # where the tokenizer came from
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def gguf_name(hf_name: str) -> str:
@@ -72,63 +56,22 @@ def rope_permute(rows: torch.Tensor, n_head: int) -> torch.Tensor:
     return rows.reshape(n_head, 2, n // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-class _Source:
-    """The artifact's tensors and configuration."""
-
-    def __init__(self, model_dir: Path) -> None:
-        from safetensors import safe_open
-
-        if not (model_dir / "config.json").is_file():
-            raise CompressError(f"{model_dir} is not a model directory (no config.json in it)")
-        self.dir = model_dir
-        self.config = json.loads((model_dir / "config.json").read_text())
-        self.tensors: dict[str, torch.Tensor] = {}
-        shards = sorted(model_dir.glob("*.safetensors"))
-        if not shards:
-            raise CompressError(f"{model_dir} has no .safetensors weights")
-        for shard in shards:
-            with safe_open(str(shard), "pt") as f:
-                self.tensors.update({k: f.get_tensor(k) for k in f.keys()})
-        self.qc = self.config.get("quantization_config") or {}
-        self.method = self.qc.get("quant_method")
-
-    def heads_for(self, hf_name: str) -> int | None:
-        if ".self_attn.q_proj." in hf_name:
-            return self.config["num_attention_heads"]
-        if ".self_attn.k_proj." in hf_name:
-            return self.config.get("num_key_value_heads") or self.config["num_attention_heads"]
-        return None
-
-
-def _check_gptq(src: _Source) -> tuple[int, bool]:
-    qc = src.qc
-    if qc.get("bits") != 4:
-        raise CompressError(f"GPTQ {qc.get('bits')}-bit is not exported: GGUF Q4_0/Q4_1 hold 4-bit codes")
-    if qc.get("desc_act") or qc.get("act_order"):
-        raise CompressError("act-order GPTQ is not exported: its permuted groups have no GGUF block layout")
-    fmt = qc.get("checkpoint_format") or qc.get("format") or "gptq"
-    if fmt != "gptq":
-        raise CompressError(f"GPTQ checkpoint format {fmt!r} is not exported (only v1 'gptq')")
-    group = qc.get("group_size", 128)
+def _check_gptq(src: Artifact) -> tuple[int, bool]:
+    bits, group, sym = check_gptq_layout(src)
+    if bits != 4:
+        raise CompressError(f"GPTQ {bits}-bit is not exported: GGUF Q4_0/Q4_1 hold 4-bit codes")
     if group != -1 and group % BLOCK:
         raise CompressError(f"group size {group} is not a multiple of {BLOCK}: GGUF blocks are {BLOCK} weights wide; "
                             f"quantize with --group-size {BLOCK}")
-    return group, bool(qc.get("sym", True))
+    return group, sym
 
 
-def _gptq_tensor(src: _Source, prefix: str, group: int, sym: bool) -> tuple[np.ndarray, str, float]:
-    from compress.quantize.verify import _unpack
-
-    t = src.tensors
-    q = _unpack(t[prefix + ".qweight"], 4, 0).t().contiguous()  # [N, K]
-    z = _unpack(t[prefix + ".qzeros"], 4, 1).t().contiguous() + 1  # [N, G]; v1 stores zero − 1
-    s = t[prefix + ".scales"].t().contiguous()  # [N, G]
-    n, k = q.shape
+def _gptq_tensor(src: Artifact, prefix: str, group: int, sym: bool) -> tuple[np.ndarray, str, float]:
+    q, z, s = gptq_codes(src, prefix, 4, group)
+    k = q.shape[1]
     if k % BLOCK:
         raise CompressError(f"{prefix}: input width {k} is not a multiple of {BLOCK}: no GGUF block layout")
     g = k if group == -1 else group
-    if not torch.equal(t[prefix + ".g_idx"].long(), torch.arange(k) // g):
-        raise CompressError(f"{prefix}: permuted g_idx (act-order): not exported")
     if sym:
         if not torch.all(z == 8):
             raise CompressError(f"{prefix}: marked symmetric but has zero points other than 8")
@@ -137,7 +80,7 @@ def _gptq_tensor(src: _Source, prefix: str, group: int, sym: bool) -> tuple[np.n
     return blocks, "Q4_1", err
 
 
-def _int8_tensor(src: _Source, prefix: str) -> tuple[np.ndarray, str, float]:
+def _int8_tensor(src: Artifact, prefix: str) -> tuple[np.ndarray, str, float]:
     t = src.tensors
     q, scale, zp = (t[f"{prefix}._weight_{x}"] for x in ("qdata", "scale", "zero_point"))
     if q.shape[1] % BLOCK or scale.numel() != q.shape[0]:
@@ -168,7 +111,7 @@ def _dense_tensor(name: str, t: torch.Tensor, dense_type: str = "f16") -> tuple[
     return half.numpy(), "F16", (half.float() - t.float()).abs().max().item()
 
 
-def _layers(src: _Source):
+def _layers(src: Artifact):
     """(hf weight name, kind, prefix) for every tensor to write; raises for a layout we do not export."""
     t = src.tensors
     tied = src.config.get("tie_word_embeddings", False)
@@ -206,7 +149,7 @@ def export_gguf(artifact: str | os.PathLike, output: str | os.PathLike, overwrit
         raise CompressError(f"output {output} already exists (pass --overwrite to replace it)")
     if not artifact.is_dir():
         raise CompressError(f"{artifact} is not an artifact directory")
-    src = _Source(artifact)
+    src = Artifact(artifact)
     if src.method not in (None, "gptq", "torchao"):
         raise CompressError(f"{src.method} checkpoints are not exported: GGUF has no form for them "
                             "(quantize with --method gptq/rtn --group-size 32, or int8-wo)")

@@ -15,7 +15,8 @@ plain transformers honours. Embeddings and the LM head are never quantized (16 b
 
 Bits per weight count every tensor of the decoder's Linear layers on disk: qweight, qzeros and
 scales of packed layers, the weight of kept layers; `g_idx` (one int32 per input column, an index
-that is only needed with act-order) is reported apart.
+that is only needed with act-order) is reported apart, as is a compressed-tensors file's `weight_shape` (two
+int64s per layer); there a packed layer counts `weight_packed`, `weight_scale` and `weight_zero_point`.
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def bits_per_weight(model_dir: str | Path) -> dict:
     from safetensors import safe_open
 
     tensors: dict[str, tuple[tuple[int, ...], int]] = {}  # name → (shape, bytes)
+    shapes: dict[str, list[int]] = {}  # compressed-tensors layer → its [out, in] (the `weight_shape` tensor)
     for shard in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(shard), "pt") as f:
             for k in f.keys():
@@ -158,7 +160,9 @@ def bits_per_weight(model_dir: str | Path) -> dict:
                 shape = tuple(sl.get_shape())
                 itemsize = torch.empty(0, dtype=_dtype(sl.get_dtype())).element_size()
                 tensors[k] = (shape, itemsize * _numel(shape))
-    params = payload = gidx = 0
+                if k.endswith(".weight_shape"):
+                    shapes[k[: -len(".weight_shape")]] = f.get_tensor(k).tolist()
+    params = payload = gidx = shape_bytes = 0
     for k, (shape, nbytes) in tensors.items():
         if ".layers." not in f".{k}":
             continue
@@ -167,13 +171,21 @@ def bits_per_weight(model_dir: str | Path) -> dict:
             params += tensors[p + ".g_idx"][0][0] * tensors[p + ".scales"][0][1]
             payload += nbytes + tensors[p + ".qzeros"][1] + tensors[p + ".scales"][1]
             gidx += tensors[p + ".g_idx"][1]
+        elif k.endswith(".weight_packed"):  # compressed-tensors (compress export --format compressed-tensors)
+            p = k[: -len(".weight_packed")]
+            params += _numel(shapes[p])
+            payload += nbytes + tensors[p + ".weight_scale"][1] + tensors.get(p + ".weight_zero_point", (0, 0))[1]
+            shape_bytes += tensors[p + ".weight_shape"][1]
         elif k.endswith(".weight") and len(shape) == 2:
             params += _numel(shape)
             payload += nbytes
     if not params:
         raise CompressError(f"{model_dir} has no decoder Linear weights")
-    return {"bits_per_weight": round(8 * payload / params, 4), "g_idx_bits_per_weight": round(8 * gidx / params, 4),
-            "linear_params": params}
+    out = {"bits_per_weight": round(8 * payload / params, 4), "g_idx_bits_per_weight": round(8 * gidx / params, 4),
+           "linear_params": params}
+    if shapes:
+        out["shape_bits_per_weight"] = round(8 * shape_bytes / params, 4)
+    return out
 
 
 def _numel(shape) -> int:
