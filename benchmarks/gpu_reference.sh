@@ -59,9 +59,11 @@ llama)  # llama.cpp's own quantizers of the reference ($LLAMA_TYPES) and our art
   # NAME=DIR ..., waited for: a shard's work dir), all run by llama.cpp on the host CPU
   wait_model || exit 1
   args=()
-  for a in ${ARTIFACTS:-}; do
-    for _ in $(seq 450); do [ -f "${a#*=}/compress.json" ] && break; sleep 4; done
-    args+=(--artifact "$a")
+  for a in ${ARTIFACTS:-}; do  # DIR is $Q/SHARD/...: wait until it exists or its shard has ended without it
+    dir=${a#*=}; sh=$(basename "$(dirname "$dir")")
+    for _ in $(seq 450); do
+      [ -f "$dir/compress.json" ] || grep -q "^shard $sh rc" /tmp/ref/status 2>/dev/null && break; sleep 4; done
+    if [ -f "$dir/compress.json" ]; then args+=(--artifact "$a"); else echo "llama: no artifact $a (skipped)" >> /tmp/ref/status; fi
   done
   python3 benchmarks/quality_llamacpp.py --model $REF "${args[@]}" --llama-types "${LLAMA_TYPES:-q4_0,q4_1,q4_k_m}" \
     --dense-type q8_0 --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin \

@@ -199,8 +199,6 @@ def load_dtype(ref: ModelRef, device: str) -> torch.dtype:
 
 def load_causal_lm(spec: str | ModelRef, device: str | None = None, dtype: torch.dtype | None = None):
     """Load MODEL for inference (eval mode) on `device`."""
-    from transformers import AutoModelForCausalLM
-
     ref = spec if isinstance(spec, ModelRef) else resolve(spec)
     device = device or runtime.default_device()
     dtype = dtype or load_dtype(ref, device)
@@ -223,25 +221,38 @@ GPTQ_CUDA_FALLBACKS = ("marlin", "triton", "torch")  # tried in order when gptqm
 def _from_pretrained(ref: ModelRef, dtype, device: str, method: str | None):
     """from_pretrained; for a GPTQ checkpoint on CUDA, gptqmodel's auto choice first, then the kernels that take
     any width. On Hopper gptqmodel 7.6 auto-selects Machete, which then refuses SmolLM2's 192-wide k/v projections
-    at g128 ("out_features 192 must be divisible by 128") instead of falling back."""
+    at g128 ("out_features 192 must be divisible by 128") instead of falling back. For asymmetric layers it picks
+    ExLlamaV2 where that kernel builds, which casts bf16 activations to fp16 inside every layer: on issue 16's
+    bf16-trained reference that moved the logits 6.5% and the reload check refused the artifact. A bf16 model that
+    lands on ExLlamaV2 is therefore loaded again with the kernels below, which compute in bf16."""
     from transformers import AutoModelForCausalLM, GPTQConfig
 
     path = checkpoint_dir(ref)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device)
-    except Exception as first:  # noqa: BLE001
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device)
+        if method != "gptq" or dtype != torch.bfloat16 or not _fp16_only_kernels(model):
+            return model
+        del model
+        first: Exception = CompressError(f"{ref.spec}: gptqmodel chose ExLlamaV2 (fp16 math) for a bf16 model and "
+                                         f"no bf16 kernel ({', '.join(GPTQ_CUDA_FALLBACKS)}) loads it")
+    except Exception as e:  # noqa: BLE001
         if method != "gptq" or not str(device).startswith("cuda"):
             raise
-        qc = read_config(ref)["quantization_config"]
-        for backend in GPTQ_CUDA_FALLBACKS:
-            try:
-                cfg = GPTQConfig(bits=qc["bits"], group_size=qc.get("group_size", 128), desc_act=qc.get("desc_act", False),
-                                 sym=qc.get("sym", True), backend=backend)
-                return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device,
-                                                            quantization_config=cfg)
-            except Exception:  # noqa: BLE001 - the next kernel
-                continue
-        raise first
+        first = e
+    qc = read_config(ref)["quantization_config"]
+    for backend in GPTQ_CUDA_FALLBACKS:
+        try:
+            cfg = GPTQConfig(bits=qc["bits"], group_size=qc.get("group_size", 128), desc_act=qc.get("desc_act", False),
+                             sym=qc.get("sym", True), backend=backend)
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device, quantization_config=cfg)
+        except Exception:  # noqa: BLE001 - the next kernel
+            continue
+    raise first
+
+
+def _fp16_only_kernels(model) -> bool:
+    """Whether gptqmodel put an ExLlama kernel (fp16 arithmetic whatever the model's dtype) in `model`."""
+    return any(type(m).__name__.lower().startswith("exllama") for m in model.modules())
 
 
 def _eager_gptq_dequant(model) -> None:

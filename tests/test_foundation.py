@@ -109,3 +109,14 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+
+
+def test_exllama_kernels_are_recognised_as_fp16_only(tiny_model):
+    """A bf16 GPTQ model that gptqmodel put on ExLlamaV2 (fp16 math) is reloaded with bf16 kernels on CUDA.
+    No GPU here: the kernel is stood in for by a module of that class name, which is all the check reads."""
+    from compress.models import _fp16_only_kernels
+
+    model = load_causal_lm(str(tiny_model), device="cpu", dtype=torch.float32)
+    assert not _fp16_only_kernels(model)
+    model.model.layers[0].mlp.down_proj = type("ExllamaV2QuantLinear", (torch.nn.Module,), {})()
+    assert _fp16_only_kernels(model)
