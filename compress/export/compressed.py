@@ -66,8 +66,10 @@ def export_compressed_tensors(artifact: str | os.PathLike, output: str | os.Path
                 shutil.copy2(f, tmp / f.name)
         _write_config(tmp, src.config, bits, group, sym, ignore)
         bpw = bits_per_weight(tmp)
-        if output.exists():
+        if output.is_dir():
             shutil.rmtree(output)
+        elif output.exists():
+            output.unlink()
         os.replace(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
