@@ -7,6 +7,7 @@
 #                                                                  # one row x group x seed each (GPTQ with the MSE
 #                                                                  # search: ~1.5 min alone, ~8 min when 7 share a GPU)
 #   ARTIFACTS="ours-gptq-sym-g32=DIR ..." bash benchmarks/gpu_reference.sh llama   # llama.cpp rows (host CPU)
+#   CT_DIR=$Q/C64/gptq-ours-sym-g64-s0 bash benchmarks/gpu_reference.sh ct   # its compressed-tensors export scored
 #   bash benchmarks/gpu_reference.sh peers                         # the auto-round rows
 # Earlier sessions' one-off steps (chain, redo, chain9, llama9, rescue9, smol15, smolscore), which
 # benchmarks/RESULTS.md cites, are in this file at commit 9c88114.
@@ -32,6 +33,12 @@ COMMON="--model $REF --device cuda --wikitext $D/wiki.test.tokens --heldout $D/a
   --heldout-max-tokens 131072 --calib-samples 128 --calib-seqlen 512 --context 1024 --kl-tokens 16384"
 wait_model() {  # the reference, built by `model` (possibly in another job); up to 20 min
   for _ in $(seq 300); do [ -f /tmp/ref/.model ] && return 0; sleep 4; done; return 1
+}
+wait_artifact() {  # DIR ($Q/SHARD/...): until it exists or its shard has ended without it; 0 if it exists
+  local sh; sh=$(basename "$(dirname "$1")")
+  for _ in $(seq 450); do
+    [ -f "$1/compress.json" ] || grep -q "^shard $sh rc" /tmp/ref/status 2>/dev/null && break; sleep 4; done
+  [ -f "$1/compress.json" ]
 }
 shard() {  # NAME ROWS GROUPS SEEDS
   OMP_NUM_THREADS=${SHARD_THREADS:-3} python3 benchmarks/quality_table.py $COMMON --rows "$2" --groups "$3" --seeds "$4" \
@@ -59,17 +66,21 @@ llama)  # llama.cpp's own quantizers of the reference ($LLAMA_TYPES) and our art
   # NAME=DIR ..., waited for: a shard's work dir), all run by llama.cpp on the host CPU
   wait_model || exit 1
   args=()
-  for a in ${ARTIFACTS:-}; do  # DIR is $Q/SHARD/...: wait until it exists or its shard has ended without it
-    dir=${a#*=}; sh=$(basename "$(dirname "$dir")")
-    for _ in $(seq 450); do
-      [ -f "$dir/compress.json" ] || grep -q "^shard $sh rc" /tmp/ref/status 2>/dev/null && break; sleep 4; done
-    if [ -f "$dir/compress.json" ]; then args+=(--artifact "$a"); else echo "llama: no artifact $a (skipped)" >> /tmp/ref/status; fi
+  for a in ${ARTIFACTS:-}; do
+    if wait_artifact "${a#*=}"; then args+=(--artifact "$a"); else echo "llama: no artifact $a (skipped)" >> /tmp/ref/status; fi
   done
   python3 benchmarks/quality_llamacpp.py --model $REF "${args[@]}" --llama-types "${LLAMA_TYPES:-q4_0,q4_1,q4_k_m}" \
     --dense-type q8_0 --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin \
     --heldout-max-tokens 131072 --context 1024 --kl-tokens 16384 --threads "${THREADS:-12}" --device cuda \
     --work /tmp/ref/gguf --out "$OUT/qt_L.json" >> /tmp/ref/llama.log 2>&1
   echo "llama rc $?" >> /tmp/ref/status ;;
+ct)  # the compressed-tensors export of the artifact $CT_DIR (--sym g64: 4.25 bits), scored against it, whole WikiText-2
+  wait_model || exit 1
+  if wait_artifact "${CT_DIR:?}"; then
+    python3 benchmarks/export_ct_check.py --artifact "$CT_DIR" --wikitext $D/wiki.test.tokens --device cuda \
+      --kl-tokens 16384 --out "$OUT/ct_check.json" > /tmp/ref/ct.log 2>&1
+    echo "ct rc $?" >> /tmp/ref/status
+  else echo "ct rc 1 (no artifact $CT_DIR)" >> /tmp/ref/status; fi ;;
 peers)
   wait_model || exit 1
   shard F autoround-ours 128,32 0 &

@@ -2,7 +2,7 @@
 # GPU calls on one `nvidia-h200-x2` machine, one device call per step, each right after the last (the machine stays
 # warm ~30 s; /tmp and detached processes live while it does). The SmolLM2 GGUF travels in three pieces
 # (`split -n 3 -d` -> .part/model.gguf.0{0,1,2}); .whl holds ../shared/GPU.md's wheels (+ pypcre); .whl3 auto-round,
-# hqq, termcolor, diskcache wheels and llama-cpp-python's package from `make llamacpp`; .gl/data the text
+# hqq, termcolor, diskcache, compressed-tensors, loguru wheels and llama-cpp-python's package from `make llamacpp`; .gl/data the text
 # (benchmarks/gpu_distill.py prepare's distill_train{,_noausten}.txt.xz, wiki.valid/test.tokens, austen5.txt.xz).
 # Session 10 (issue 18's GPU recipe alone on GPU 1; issue 16's reference, seeds 1-2 and llama.cpp rows on GPU 0):
 #   1. carry .whl .part/model.gguf.00         bash benchmarks/gpu_x2.sh setup
@@ -49,7 +49,7 @@ piece)
   if [ -d .whl3 ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl3/*.whl
     tar xJf .whl3/llama_cpp_pkg.tar.xz -C /tmp/site && (cd /tmp/site/llama_cpp/lib && for f in *.so.0; do ln -sf "$f" "${f%.0}"; done)
-    PYTHONPATH=/tmp/site python3 -c "import llama_cpp, hqq, auto_round; print('llama_cpp', llama_cpp.__version__)" 2>&1 | tail -1
+    PYTHONPATH=/tmp/site python3 -c "import llama_cpp, hqq, auto_round, compressed_tensors; print('llama_cpp', llama_cpp.__version__)" 2>&1 | tail -1
     lscpu | grep -i "model name\|^flags" | cut -c1-400
   fi
   ls /tmp/parts /tmp/g/data; tail -2 /tmp/marlin_build.log ;;
@@ -65,15 +65,20 @@ go10)  # GPU 1: recipes/gpu-quick.yaml alone, resumed until it finishes. GPU 0: 
   reference_jobs 1 "B32 gptq-ours 32 1" "C32 gptq-ours-sym 32 1" "B64 gptq-ours 64 1" "C64 gptq-ours-sym 64 1" \
       "B32b gptq-ours 32 2" "C32b gptq-ours-sym 32 2" "B64b gptq-ours 64 2" "C64b gptq-ours-sym 64 2"
   sleep ${WAIT_S:-400}; bash "$0" status ;;
-go16)  # issue 16's remaining rows (one GPU is enough): the reference, our g32 defaults and --sym (seed 0), then
-  # llama.cpp's Q4_0/Q4_1/Q4_K_M of the reference and those two artifacts exported, all scored by llama.cpp
+go16)  # issue 16's remaining rows (one GPU is enough): the reference, our g32 defaults and --sym and --sym g64
+  # (seed 0, three shards at once), then llama.cpp's Q4_0/Q4_1/Q4_K_M of the reference and the two g32 artifacts
+  # exported, all scored by llama.cpp; and the --sym g64 artifact's compressed-tensors export (4.25 bits) scored
   assemble || exit 1
   rm -rf /tmp/ref; mkdir -p /tmp/ref /tmp/out_ref; touch /tmp/recipe.done  # no recipe in this lease
-  THREADS=14 reference_jobs 0 "B32 gptq-ours 32 0" "C32 gptq-ours-sym 32 0"
+  export PARALLEL=3 THREADS=14; touch /tmp/ct.expected
+  reference_jobs 0 "B32 gptq-ours 32 0" "C32 gptq-ours-sym 32 0" "C64 gptq-ours-sym 64 0"
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref CT_DIR=/tmp/ref/q/C64/gptq-ours-sym-g64-s0 \
+    setsid nohup bash benchmarks/gpu_reference.sh ct > /tmp/ct0.log 2>&1 &
   sleep ${WAIT_S:-400}; bash "$0" status ;;
 poll)
   for _ in $(seq ${WAIT_N:-108}); do
-    [ -f /tmp/recipe.done ] && grep -q "^llama rc" /tmp/ref/status 2>/dev/null && ! pgrep -f quality_ > /dev/null && break
+    [ -f /tmp/recipe.done ] && grep -q "^llama rc" /tmp/ref/status 2>/dev/null && ! pgrep -f quality_ > /dev/null &&
+      { [ ! -f /tmp/ct.expected ] || grep -q "^ct rc" /tmp/ref/status; } && break
     sleep 5
   done
   bash "$0" status ;;
@@ -86,7 +91,7 @@ status)  # what ran so far; results tarred into $OUT (at most 8 files come back)
   (cd /tmp/out_ref 2>/dev/null && tar czf "$OUT/ref_results.tar.gz" . )
   (cd /tmp/out_recipe 2>/dev/null && tar czf "$OUT/gpu_quick.tar.gz" . )
   tar czf "$OUT/logs.tar.gz" /tmp/ref/*.log /tmp/recipe.log /tmp/gq-live.log /tmp/gpu0.log /tmp/gpu1.log \
-    /tmp/llama0.log 2>/dev/null
+    /tmp/llama0.log /tmp/ref/ct.log /tmp/ct0.log 2>/dev/null
   ls -la "$OUT"; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
 *)
   echo "usage: $0 setup|piece|go10|go16|poll|status" >&2; exit 2 ;;
