@@ -1,7 +1,7 @@
 """The artifact an export reads (its tensors and configuration, a GPTQ layer's codes, zero points and scales) and
 what an export returns (`ExportResult`).
 
-One home for what `gguf.py` and `compressed_tensors.py` both read; neither re-quantizes anything.
+One home for what `gguf.py` and `compressed.py` both read; neither re-quantizes anything.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class ExportResult:
     format: str
     file_type: str  # GGUF: the file type most layers use; compressed-tensors: the scheme, e.g. "W4A16 g64 sym"
     size_bytes: int
-    tensor_types: dict[str, int]  # GGUF type → tensor count
+    tensor_types: dict[str, int]  # GGUF type (compressed-tensors: "pack-quantized" or "dense") → tensor count
     max_abs_weight_change: float  # 0.0 when every tensor is exact
     notes: list[str] = field(default_factory=list)
     tokenizer: str = ""  # where the tokenizer came from
