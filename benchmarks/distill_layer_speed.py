@@ -45,7 +45,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -90,15 +89,6 @@ def timed(fn, model, *args, **kwargs):
         "cpu_seconds": round(cpu_s, 1), "torch_threads": threads, "cpu_seconds_per_thread": round(cpu_s / threads, 1),
         "loadavg_1_5_15_before": [round(x, 2) for x in load], "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
         "max_rss_kb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **c.close()}
-
-
-def cpu_flags() -> list[str]:
-    """lscpu's flags (the ones that matter for these kernels first in the README line)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return []
-    return next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
 
 
 def _jsonable(rounds: list[dict]) -> list[dict]:
@@ -182,6 +172,7 @@ def main() -> None:
     from compress.distill.packing import load_data
     from compress.distill.train import layer_select_blocks
     from compress.testing import smollm2_gguf
+    from cpu_decode import lscpu_flags  # benchmarks/ is on sys.path when this script runs
 
     torch.set_num_threads(args.threads)
     ref = models.resolve(args.teacher or str(smollm2_gguf()))
@@ -197,7 +188,7 @@ def main() -> None:
     res = {"what": f"greedy layer choice {n} -> {args.layers} in {args.dtype}; blocks as compress distill --data FILE "
                    f"(--seq-len {base.seq_len}) takes them", "data": args.data, "threads": args.threads, "dtype": args.dtype,
            "device": args.device, "compile": args.compile, "versions": runtime.library_versions(), "hardware": runtime.hardware(),
-           "cpu_flags": cpu_flags(), "screen": screen and {"tokens": screen.tokens, "keep": screen.keep,
+           "cpu_flags": lscpu_flags()["all_flags"], "screen": screen and {"tokens": screen.tokens, "keep": screen.keep,
                                                            "dtype": str(screen.dtype)},
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": []}
     for tokens in args.tokens:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 def main() -> None:
     from compress import runtime
+    from cpu_decode import lscpu_flags  # benchmarks/ is on sys.path when this script runs
     from compress.data import tokenize_stream
     from compress.evaluate.perplexity import kl_to_source, perplexity
     from compress.export import export_compressed_tensors
@@ -70,9 +70,8 @@ def main() -> None:
         "command": "python benchmarks/export_ct_check.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(), "device": device, "cpu_flags": _cpu_flags(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "versions": _versions(),
+        "host": platform.node(), "device": device, "hardware": runtime.hardware(), "cpu": lscpu_flags(),
+        "versions": runtime.library_versions(),
         "export": {**exported.to_dict(), "seconds": round(export_s, 2)},
         "rows": rows,
         "ppl_relative_change": rows["compressed-tensors"]["wikitext2_ppl"] / rows["gptq"]["wikitext2_ppl"] - 1,
@@ -81,20 +80,6 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("ppl_relative_change", "kl_gptq_to_export")}))
-
-
-def _cpu_flags() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Flags")), "")
-
-
-def _versions() -> dict:
-    from importlib.metadata import version
-
-    return {p: version(p) for p in ("torch", "transformers", "gptqmodel", "compressed-tensors")}
 
 
 if __name__ == "__main__":

@@ -182,6 +182,11 @@ def read_config(ref: ModelRef) -> dict:
     return json.loads((root / "config.json").read_text())
 
 
+def config_dtype(config: dict) -> str | None:
+    """The dtype a config.json names (`dtype`, or the older `torch_dtype`), e.g. "bfloat16"; None if it names none."""
+    return config.get("dtype") or config.get("torch_dtype")
+
+
 def quant_method(ref: ModelRef) -> str | None:
     qc = read_config(ref).get("quantization_config") or {}
     return qc.get("quant_method")

@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _VERSION_PACKAGES = (
     "compress", "torch", "transformers", "gptqmodel", "optimum", "bitsandbytes",
-    "torchao", "accelerate", "lm_eval", "gguf",
+    "torchao", "accelerate", "lm_eval", "gguf", "compressed-tensors",
 )
 
 

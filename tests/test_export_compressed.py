@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.cli import main
 from compress.errors import CompressError
 from compress.export import export_compressed_tensors
 from compress.models import load_causal_lm, load_tokenizer
 from compress.quantize import make_config, quantize
 from compress.quantize.budget import bits_per_weight
 from compress.quantize.verify import dequantized_reference, logits, probe_ids, relative_error
+from tests.test_quantize_cli import run_cli as _cli
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +93,6 @@ def test_budget_kept_layers_go_to_the_ignore_list(tmp_path, tiny_model, tokenize
     assert result.bits_per_weight["bits_per_weight"] == bits_per_weight(art)["bits_per_weight"]
     expect = logits(dequantized_reference(art), probe_ids(tokenizer))
     assert relative_error(_ct_logits(Path(result.output), tokenizer), expect) < 1e-6
-
-
-def _cli(capsys, *argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 def test_cli_writes_and_refuses_in_one_line(gptq_g64, tiny_model, tmp_path, capsys):

@@ -29,6 +29,7 @@ import torch
 
 from compress.errors import CompressError
 from compress.export.source import Artifact, ExportResult, check_gptq_layout, gptq_codes
+from compress.models import config_dtype
 
 _SKIP = {"config.json", "quantize_config.json", "model.safetensors.index.json", "compress.json"}
 
@@ -53,8 +54,8 @@ def export_compressed_tensors(artifact: str | os.PathLike, output: str | os.Path
         raise CompressError(f"{src.method or 'unquantized'} checkpoints are not exported to compressed-tensors: "
                             "it takes GPTQ-format artifacts (--method gptq, rtn or autoround)")
     bits, group, sym = check_gptq_layout(src)
-    dtype = _dtype(src.config)
-    tensors, ignore, worst = _tensors(src, bits, group, sym, dtype)
+    bf16 = config_dtype(src.config) == "bfloat16"  # loaders cast scales to the checkpoint's dtype: store them so
+    tensors, ignore, worst = _tensors(src, bits, group, sym, bf16)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -78,7 +79,7 @@ def export_compressed_tensors(artifact: str | os.PathLike, output: str | os.Path
     scheme = f"W{bits}A16 {'per channel' if group == -1 else f'g{group}'} {'sym' if sym else 'asym'}"
     notes = [f"{packed} Linear layers packed ({scheme}); {len(ignore)} kept unquantized (ignore list)"]
     if worst:
-        notes.append(f"largest weight change from rounding fp16 scales to {str(dtype).split('.')[-1]} "
+        notes.append("largest weight change from rounding fp16 scales to bfloat16 "
                      f"(the checkpoint's dtype, which loaders cast scales to): {worst:.3g}")
     size = sum(f.stat().st_size for f in output.iterdir() if f.is_file())
     return ExportResult(str(output), "compressed-tensors", scheme, size,
@@ -86,16 +87,8 @@ def export_compressed_tensors(artifact: str | os.PathLike, output: str | os.Path
                         worst, notes, "copied from the artifact", bpw)
 
 
-def _dtype(config: dict) -> torch.dtype:
-    name = config.get("dtype") or config.get("torch_dtype") or "float16"
-    try:
-        return getattr(torch, name)
-    except AttributeError:
-        raise CompressError(f"config.json names an unknown dtype {name!r}") from None
-
-
 def _tensors(src: Artifact, bits: int, group: int, sym: bool,
-             dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[str], float]:
+             bf16: bool) -> tuple[dict[str, torch.Tensor], list[str], float]:
     """The compressed-tensors state dict, the unquantized Linears' names, and the largest weight change."""
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
@@ -117,7 +110,7 @@ def _tensors(src: Artifact, bits: int, group: int, sym: bool,
             q, z, s = gptq_codes(src, prefix, bits, group)
             if sym and not torch.all(z == offset):
                 raise CompressError(f"{prefix}: marked symmetric but has zero points other than {offset}")
-            scale = s.to(torch.bfloat16) if dtype == torch.bfloat16 else s  # fp16 → fp16/fp32 loads exactly
+            scale = s.to(torch.bfloat16) if bf16 else s  # fp16 → fp16/fp32 loads exactly
             if scale.dtype != s.dtype:
                 worst = max(worst, _weight_change(q, z, s, scale, k))
             out[prefix + ".weight_packed"] = pack_to_int32((q - offset).to(torch.int8), bits)

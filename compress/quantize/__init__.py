@@ -21,7 +21,8 @@ from compress import runtime
 from compress.artifacts import ArtifactMeta, SourceInfo, atomic_dir, check_output, dir_size_bytes, now_iso, write_meta
 from compress.data import load_texts, split_heldout, token_blocks
 from compress.errors import CompressError
-from compress.models import ModelRef, checkpoint_dir, fingerprint, load_causal_lm, load_tokenizer, read_config, resolve
+from compress.models import (ModelRef, checkpoint_dir, config_dtype, fingerprint, load_causal_lm, load_tokenizer,
+                             read_config, resolve)
 from compress.quantize import budget, verify
 from compress.quantize.config import Method, QuantizeConfig, make_config
 
@@ -159,8 +160,7 @@ def _check_quantizable(ref: ModelRef, src: str) -> set[int]:
 
 
 def _source_dtype(ref: ModelRef) -> str:
-    config = read_config(ref)
-    name = config.get("dtype") or config.get("torch_dtype") or "bfloat16"
+    name = config_dtype(read_config(ref)) or "bfloat16"
     return name if name in ("bfloat16", "float16", "float32") else "bfloat16"
 
 
