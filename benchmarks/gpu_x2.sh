@@ -9,7 +9,8 @@
 #   2. carry .gl .whl3 .part/model.gguf.01    bash benchmarks/gpu_x2.sh piece
 #   3. carry .part/model.gguf.02              bash benchmarks/gpu_x2.sh go10
 #   4. no carry, repeated                     bash benchmarks/gpu_x2.sh poll    ($OUT gets what has finished)
-# Next (issue 16's llama.cpp rows; kind nvidia-h200 is enough): setup, piece, then go16 instead of go10, then poll.
+# Session 11-12 (issue 16's rows; kind nvidia-h200 is enough): setup, piece, then go16 instead of go10, then poll.
+# Next: setup, piece, go17, poll (llama.cpp's Q4_K_M / Q4_1 rows; go16's llama step ran out of budget after F16).
 # Earlier sessions' steps (scale, route, serve, go, go9, rescue9, trim9, bnb, recipe), which benchmarks/RESULTS.md
 # cites, are in this file at commit 9c88114.
 set -uo pipefail
@@ -75,6 +76,17 @@ go16)  # issue 16's remaining rows (one GPU is enough): the reference, our g32 d
   CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref CT_DIR=/tmp/ref/q/C64/gptq-ours-sym-g64-s0 \
     setsid nohup bash benchmarks/gpu_reference.sh ct > /tmp/ct0.log 2>&1 &
   sleep ${WAIT_S:-400}; bash "$0" status ;;
+go17)  # issue 16's last rows (one GPU): the reference, its bf16 row and --bits-budget 4.5 on the symmetric default
+  # (g64 base, seed 0); llama.cpp's Q4_K_M, Q4_1 and Q4_0 of it,
+  # each scored first in PyTorch on the GPU (dequantized, seconds: --torch-rows) and then by llama.cpp on the host
+  # CPU after its F16 baseline (~5 min a row: Q4_0, last, was measured in session 10 and may be cut by the budget)
+  assemble || exit 1
+  rm -rf /tmp/ref; mkdir -p /tmp/ref /tmp/out_ref; touch /tmp/recipe.done  # no recipe in this lease
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash -c 'bash benchmarks/gpu_reference.sh model
+      bash benchmarks/gpu_reference.sh rows "A bf16 32 0" "Bud budget 64 0"' > /tmp/gpu0.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref LLAMA_TYPES=q4_k_m,q4_1,q4_0 TORCH_ROWS=1 THREADS=14 \
+    setsid nohup bash benchmarks/gpu_reference.sh llama > /tmp/llama0.log 2>&1 &
+  sleep ${WAIT_S:-400}; bash "$0" status ;;
 poll)
   for _ in $(seq ${WAIT_N:-108}); do
     [ -f /tmp/recipe.done ] && grep -q "^llama rc" /tmp/ref/status 2>/dev/null && ! pgrep -f quality_ > /dev/null &&
@@ -94,5 +106,5 @@ status)  # what ran so far; results tarred into $OUT (at most 8 files come back)
     /tmp/llama0.log /tmp/ref/ct.log /tmp/ct0.log 2>/dev/null
   ls -la "$OUT"; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
 *)
-  echo "usage: $0 setup|piece|go10|go16|poll|status" >&2; exit 2 ;;
+  echo "usage: $0 setup|piece|go10|go16|go17|poll|status" >&2; exit 2 ;;
 esac

@@ -5,7 +5,11 @@ Rows, each a GGUF file run by llama.cpp (llama-cpp-python):
 - `llamacpp-q4_0`, `llamacpp-q4_k_m` (--llama-types): llama.cpp's quantizer (`llama_model_quantize`, round to
   nearest / k-quants) applied to that F16, i.e. what a llama.cpp user gets;
 - `NAME-q4_0` for every `--artifact NAME=DIR`: our int4 artifact exported without re-quantizing (g32 sym → Q4_0,
-  asym → Q4_1; the embedding/head as --dense-type), e.g. `compress quantize --method gptq --group-size 32`.
+  asym → Q4_1; the embedding/head as --dense-type), e.g. `compress quantize --method gptq --group-size 32`;
+- `llamacpp-TYPE-torch` with --torch-rows: each llama.cpp quantization dequantized by transformers' GGUF loader
+  (compress.models, cached as bf16) and scored in PyTorch on --device, first: the format's weights without
+  llama.cpp's runtime (which rounds activations to 8 bits in its dot products), in seconds on a GPU where
+  llama.cpp's CPU rows take minutes each.
 
 Scoring matches quality_table.py exactly: the texts are tokenized once with the source's HF tokenizer
 (compress.data.tokenize_stream), cut by compress.evaluate.perplexity.score_stream into the same disjoint windows,
@@ -55,6 +59,7 @@ def main() -> None:
     ap.add_argument("--llama-types", default="q4_0,q4_k_m", help="llama.cpp's own quantizations of the F16 export")
     ap.add_argument("--dense-type", default="f16", choices=["f16", "q8_0"],
                     help="how our exports write the unquantized embedding/head (q8_0: as llama.cpp's Q4_0 does)")
+    ap.add_argument("--torch-rows", action="store_true", help="also score llama.cpp's files in PyTorch (first)")
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -77,8 +82,11 @@ def main() -> None:
                   created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=dict(spec=args.model),
                   device=f"llama.cpp CPU, {args.threads} threads", hardware=runtime.hardware(),
                   settings={k: v for k, v in vars(args).items() if k != "out"}, rows=rows, complete=False)
-    for name, (path, made_s) in files.items():
-        rows.append(score_file(name, path, made_s, streams, kl_ids, source, tok, args))
+    torch_rows = [(f"{n}-torch", p, s) for n, (p, s) in files.items() if args.torch_rows and n.startswith(
+        "llamacpp-q")]
+    for name, path, made_s in torch_rows + [(n, p, s) for n, (p, s) in files.items()]:
+        score = score_torch if name.endswith("-torch") else score_file
+        rows.append(score(name, path, made_s, streams, kl_ids, source, tok, args))
         print(json.dumps(rows[-1]), flush=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     result["complete"] = True
@@ -121,7 +129,7 @@ def llama_quantize(f16: str, out: str, ftype: str) -> bool:
 
 
 def score_file(name, path, made_s, streams, kl_ids, source, tok, args) -> dict:
-    row = dict(row=name, group_size=32 if name != "llamacpp-f16" else None, seed=None, file=path)
+    row = dict(row=name, group_size=block(name), seed=None, file=path)
     if path.startswith("failed"):
         return row | dict(skipped=path)
     import llama_cpp
@@ -143,6 +151,33 @@ def score_file(name, path, made_s, streams, kl_ids, source, tok, args) -> dict:
         r = score_stream(ids, tok, args.context, args.context, window_nll)
         row[f"ppl:{text}"], row[f"tokens:{text}"] = round(r.perplexity, 4), r.tokens_scored
     row["kl_to_source"] = round(kl_to_source(source, logits, kl_ids, args.context), 5)
+    return row
+
+
+def block(name: str) -> int | None:
+    """The row's group: Q4_0/Q4_1 (and our exports) scale blocks of 32; F16 none; k-quants mix types (see the file's
+    linear_types), so none."""
+    return None if name.startswith("llamacpp-f16") or "_k" in name else 32
+
+
+@torch.no_grad()
+def score_torch(name, path, made_s, streams, kl_ids, source, tok, args) -> dict:
+    """A llama.cpp file's weights, dequantized to bf16 by transformers, scored in PyTorch on the same windows."""
+    row = dict(row=name, group_size=block(name), seed=None, file=path, runner="pytorch (GGUF dequantized to bf16)")
+    if path.startswith("failed"):
+        return row | dict(skipped=path)
+    model = load_causal_lm(path, device=source.device.type)
+
+    def window_nll(window: torch.Tensor, n_new: int) -> float:
+        lg = model(window[None].to(model.device)).logits[0, :-1].float()
+        return F.cross_entropy(lg[-n_new:], window[1:][-n_new:].to(lg.device), reduction="sum").item()
+
+    row |= dict(quantize_time_s=round(made_s, 1), size_bytes=os.path.getsize(path), **gguf_bits(path))
+    for text, ids in streams.items():
+        r = score_stream(ids, tok, args.context, args.context, window_nll)
+        row[f"ppl:{text}"], row[f"tokens:{text}"] = round(r.perplexity, 4), r.tokens_scored
+    row["kl_to_source"] = round(kl_to_source(source, model, kl_ids, args.context), 5)
+    del model
     return row
 
 

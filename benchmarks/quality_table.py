@@ -2,11 +2,12 @@
 
 Rows (pick with --rows): bf16 (the source as stored), rtn (symmetric, signed-peak grid), rtn-asym, gptq-gptqmodel
 (gptqmodel's own defaults: sym, no scale search, damp 0.05, on the built-in docs; since session 9 on our signed-peak
-symmetric grid, compress/quantize/grid.py, so session 8's rows are the ones on gptqmodel's grid), gptq-ours (`compress quantize
---method gptq` defaults: asym, --mse 2.0, --calib mix), gptq-ours-sym (the same with --sym: the Q4_0-exportable
-grid), budget (`--bits-budget`, defaults otherwise), autoround (auto-round called directly, its own tokenization of
-the calibration texts), autoround-ours (`compress quantize --method autoround`: the same library on our calibration
-blocks, --autoround-iters steps), nf4 (bitsandbytes, block 64), hqq (the hqq library), torchao-int4
+symmetric grid, compress/quantize/grid.py, so session 8's rows are the ones on gptqmodel's grid), gptq-ours
+(`compress quantize --method gptq --asym`: --mse 2.0, --calib mix; the defaults until session 12), gptq-ours-sym
+(the same with --sym, the default since: the Q4_0-exportable grid), budget (`--bits-budget`, defaults otherwise: asym
+until session 12, sym since), autoround (auto-round called directly, its own tokenization of the calibration texts),
+autoround-ours (`compress quantize --method autoround`: the same library on our calibration blocks, --autoround-iters
+steps), nf4 (bitsandbytes, block 64), hqq (the hqq library), torchao-int4
 (Int4WeightOnlyConfig). Session 8's candidates, each changing ONE thing from gptq-old (the defaults until then: sym,
 no scale search, the built-in docs): gptq-mse (--mse 2.4: gptqmodel's shrunk-scale search; P from
 quality_mse_sweep.py), gptq-asym (--asym), gptq-actorder (--act-order), gptq-mix (--calib mix, the four-domain
@@ -164,7 +165,7 @@ def build(row, group, seed, src, model_spec, tok, args, device, work):
     plans = {
         "rtn": dict(method="rtn", group_size=group),
         "rtn-asym": dict(method="rtn", group_size=group, sym=False),
-        "gptq-ours": dict(method="gptq", group_size=group, **calib),
+        "gptq-ours": dict(method="gptq", group_size=group, sym=False, **calib),
         "gptq-ours-sym": dict(method="gptq", group_size=group, sym=True, **calib),
         "gptq-gptqmodel": dict(method="gptq", group_size=group, damp=0.05, sym=True, mse=0.0,
                                **({"calib": "builtin"} | calib)),

@@ -87,7 +87,7 @@ def test_compress_json_records_what_applied_and_the_defaults(tiny_artifacts):
     assert not (gptq_only | {"bits_budget"}) & configs["rtn"].keys(), configs["rtn"]
     assert configs["rtn"]["group_size"] == 32 and configs["rtn"]["sym"] is True and configs["rtn"]["bits"] == 4
     assert {k: configs["gptq"][k] for k in gptq_only | {"sym", "bits"}} == dict(
-        act_order=False, damp=0.01, mse=2.0, calib="mix", calib_samples=16, calib_seqlen=128, seed=0, sym=False,
+        act_order=False, damp=0.01, mse=2.0, calib="mix", calib_samples=16, calib_seqlen=128, seed=0, sym=True,
         bits=4)  # the defaults the reference-model table chose (compress/quantize/config.py)
     assert configs["gptq"]["backend"]["gptqmodel"]["damp_percent"] == 0.01
     assert configs["gptq"]["backend"]["gptqmodel"]["mse"] == 2.0
@@ -96,7 +96,7 @@ def test_compress_json_records_what_applied_and_the_defaults(tiny_artifacts):
     calib = token_blocks(load_tokenizer(tiny_artifacts["gptq"]), train, 16, 128, seed=0)
     assert configs["gptq"]["calib_sha256"] == hashlib.sha256(calib.numpy().tobytes()).hexdigest()[:16]
     assert "calib_sha256" not in configs["rtn"]
-    for m, sym in (("gptq", False), ("rtn", True)):  # the checkpoint itself agrees with what compress.json records
+    for m, sym in (("gptq", True), ("rtn", True)):  # the checkpoint itself agrees with what compress.json records
         qc = json.loads((Path(tiny_artifacts[m]) / "config.json").read_text())["quantization_config"]
         assert (qc["bits"], qc["group_size"], qc["sym"]) == (4, 32, sym)
 

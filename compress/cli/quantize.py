@@ -20,7 +20,7 @@ def quantize(
     bits_budget: Annotated[Optional[float], typer.Option(help="gptq: average bits per weight (scales included, 4 < B <= 16); each layer gets 4 bits or stays 16 by measured sensitivity.")] = None,
     group_size: Annotated[Optional[int], typer.Option(help="gptq/rtn/autoround: columns per scale group (default 128); -1 = per output channel.")] = None,
     act_order: Annotated[Optional[bool], typer.Option("--act-order/--no-act-order", help="gptq: order columns by Hessian diagonal (default off).")] = None,
-    sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="gptq/rtn/autoround: symmetric or asymmetric (zero-point) grid (default: asym for gptq, sym for rtn/autoround).")] = None,
+    sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="gptq/rtn/autoround: symmetric or asymmetric (zero-point) grid (default: sym; --asym for a source already on an asymmetric 4-bit grid, e.g. a Q4_1 GGUF).")] = None,
     damp: Annotated[Optional[float], typer.Option(help="gptq: fraction of mean(diag H) added to diag H (default 0.01).")] = None,
     mse: Annotated[Optional[float], typer.Option(help="gptq: search shrunk scales per group minimising sum |w_q - w|^P with this P (gptqmodel's mse; e.g. 2.0); 0 = max scale (default 2.0).")] = None,
     calib: Annotated[Optional[str], typer.Option(help="gptq/autoround: calibration data: .txt/.jsonl file or dir, dataset name, 'mix' (four offline domains; gptq's default) or 'builtin' (the Python docs; autoround's default).")] = None,

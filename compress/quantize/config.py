@@ -29,13 +29,15 @@ PACKED_BITS = {2, 3, 4, 8}  # what gptqmodel's GPTQ format packs (3 bits span 32
 # outside its set is refused; one not given gets the default only where it applies.
 PACKED = {"gptq", "rtn", "autoround"}  # methods whose artifact is a GPTQ v1 checkpoint
 CALIBRATED = {"gptq", "autoround"}
-# A default may differ by method ({method: default}). GPTQ's asym / mse 2.0 / mix won the int4 table on the
-# bf16-trained reference (benchmarks/RESULTS.md, "int4 quality on a bf16-trained reference", H200, 2026-11-30):
-# WikiText-2 +8.0% over bf16 at g32 against +21.8% for sym / scale from max / builtin, KL to the source 2.9x lower;
-# each change alone helped (asym +12.2%, mse +16.0%, mix +13.8% at g64 against +23.7%); act-order hurt (+36.7%).
+# A default may differ by method ({method: default}). GPTQ's mse 2.0 / mix won the int4 table on the bf16-trained
+# reference (benchmarks/RESULTS.md, "int4 quality on a bf16-trained reference", H200, 2026-11-30): each alone helped
+# (mse +16.0%, mix +13.8% at g64 against +23.7%); act-order hurt (+36.7%). The grid is symmetric (signed peak, grid.py)
+# since session 12: on the reference it beats asym at g32 (+6.9% vs +7.8%, 5 and 4 runs), trails it by 0.6 points at
+# g64 (+9.2% vs +8.6%, 4 and 3 runs), stores no zero points (g64 = 4.25 bits in compressed-tensors, g32 = GGUF
+# Q4_0) and runs on Marlin in bf16; asym wins only on sources already on an asymmetric 4-bit grid (a Q4_1 GGUF).
 APPLIES: dict[str, tuple[set[str], object]] = {
     "group_size": (PACKED, 128),
-    "sym": (PACKED, {"gptq": False, "rtn": True, "autoround": True}),  # rtn stays the plain baseline (and Q4_0)
+    "sym": (PACKED, True),
     "act_order": ({"gptq"}, False),
     "damp": ({"gptq"}, 0.01),
     "mse": ({"gptq"}, 2.0),  # 0 = scale from the group's max; P > 0 = gptqmodel's shrunk-scale search minimising Σ|ŵ−w|^P
@@ -84,11 +86,9 @@ class QuantizeConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "QuantizeConfig":
         m = Method(self.method).value
-        if m in ("gptq", "autoround") and self.group_size == -1:  # per channel: GPTQ v1 asym reloads >100% off
-            if self.sym is False:
-                raise ValueError(f"method {m} refuses --group-size -1 with --asym: that checkpoint fails the reload "
-                                 "check (logits >100% off on the tiny model); use a group size or --sym")
-            self.sym = True  # the asym default applies to grouped runs only
+        if m in ("gptq", "autoround") and self.group_size == -1 and self.sym is False:  # GPTQ v1 asym per channel
+            raise ValueError(f"method {m} refuses --group-size -1 with --asym: that checkpoint fails the reload "
+                             "check (logits >100% off on the tiny model); use a group size or --sym")
         for name, (methods, default) in APPLIES.items():
             given = getattr(self, name)
             if given is not None and m not in methods:
