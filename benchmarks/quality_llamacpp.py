@@ -142,10 +142,27 @@ def score_file(name, path, made_s, streams, kl_ids, source, tok, args) -> dict:
         llm.eval(window.tolist())
         return torch.from_numpy(np.asarray(llm.scores[: len(window)], dtype=np.float32))
 
+    return scored(row, made_s, logits, streams, kl_ids, source, tok, args)
+
+
+@torch.no_grad()
+def score_torch(name, path, made_s, streams, kl_ids, source, tok, args) -> dict:
+    """A llama.cpp file's weights, dequantized to bf16 by transformers, scored in PyTorch on the same windows."""
+    row = dict(row=name, group_size=block(name), seed=None, file=path, runner="pytorch (GGUF dequantized to bf16)")
+    if path.startswith("failed"):
+        return row | dict(skipped=path)
+    model = load_causal_lm(path, device=source.device.type)
+    return scored(row, made_s, lambda w: model(w[None].to(model.device)).logits[0].float(), streams, kl_ids, source,
+                  tok, args)
+
+
+def scored(row: dict, made_s: float, logits, streams, kl_ids, source, tok, args) -> dict:
+    """`row` with its file's facts, a perplexity per text and KL to the source; `logits(window ids [S])` → [S, V]."""
     def window_nll(window: torch.Tensor, n_new: int) -> float:
         lg = logits(window)[:-1]
-        return F.cross_entropy(lg[-n_new:], window[1:][-n_new:], reduction="sum").item()
+        return F.cross_entropy(lg[-n_new:], window[1:][-n_new:].to(lg.device), reduction="sum").item()
 
+    path = row["file"]
     row |= dict(quantize_time_s=round(made_s, 1), size_bytes=os.path.getsize(path), **gguf_bits(path))
     for text, ids in streams.items():
         r = score_stream(ids, tok, args.context, args.context, window_nll)
@@ -158,27 +175,6 @@ def block(name: str) -> int | None:
     """The row's group: Q4_0/Q4_1 (and our exports) scale blocks of 32; F16 none; k-quants mix types (see the file's
     linear_types), so none."""
     return None if name.startswith("llamacpp-f16") or "_k" in name else 32
-
-
-@torch.no_grad()
-def score_torch(name, path, made_s, streams, kl_ids, source, tok, args) -> dict:
-    """A llama.cpp file's weights, dequantized to bf16 by transformers, scored in PyTorch on the same windows."""
-    row = dict(row=name, group_size=block(name), seed=None, file=path, runner="pytorch (GGUF dequantized to bf16)")
-    if path.startswith("failed"):
-        return row | dict(skipped=path)
-    model = load_causal_lm(path, device=source.device.type)
-
-    def window_nll(window: torch.Tensor, n_new: int) -> float:
-        lg = model(window[None].to(model.device)).logits[0, :-1].float()
-        return F.cross_entropy(lg[-n_new:], window[1:][-n_new:].to(lg.device), reduction="sum").item()
-
-    row |= dict(quantize_time_s=round(made_s, 1), size_bytes=os.path.getsize(path), **gguf_bits(path))
-    for text, ids in streams.items():
-        r = score_stream(ids, tok, args.context, args.context, window_nll)
-        row[f"ppl:{text}"], row[f"tokens:{text}"] = round(r.perplexity, 4), r.tokens_scored
-    row["kl_to_source"] = round(kl_to_source(source, model, kl_ids, args.context), 5)
-    del model
-    return row
 
 
 def gguf_bits(path: str) -> dict:
