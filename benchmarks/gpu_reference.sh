@@ -72,7 +72,7 @@ llama)  # llama.cpp's own quantizers of the reference ($LLAMA_TYPES) and our art
   python3 benchmarks/quality_llamacpp.py --model $REF "${args[@]}" --llama-types "${LLAMA_TYPES:-q4_0,q4_1,q4_k_m}" \
     --dense-type q8_0 --wikitext $D/wiki.test.tokens --heldout $D/austen5.txt.xz --heldout builtin \
     --heldout-max-tokens 131072 --context 1024 --kl-tokens 16384 --threads "${THREADS:-12}" --device cuda \
-    ${TORCH_ROWS:+--torch-rows} \
+    ${TORCH_ROWS:+--torch-rows} ${LLAMA_WIKI_ONLY:+--llama-wikitext-only} \
     --work /tmp/ref/gguf --out "$OUT/qt_L.json" >> /tmp/ref/llama.log 2>&1
   echo "llama rc $?" >> /tmp/ref/status ;;
 ct)  # the compressed-tensors export of the artifact $CT_DIR (--sym g64: 4.25 bits), scored against it, whole WikiText-2

@@ -78,13 +78,14 @@ go16)  # issue 16's remaining rows (one GPU is enough): the reference, our g32 d
   sleep ${WAIT_S:-400}; bash "$0" status ;;
 go17)  # issue 16's last rows (one GPU): the reference, its bf16 row and --bits-budget 4.5 on the symmetric default
   # (g64 base, seed 0); llama.cpp's Q4_K_M, Q4_1 and Q4_0 of it,
-  # each scored first in PyTorch on the GPU (dequantized, seconds: --torch-rows) and then by llama.cpp on the host
-  # CPU after its F16 baseline (~5 min a row: Q4_0, last, was measured in session 10 and may be cut by the budget)
+  # each scored first in PyTorch on the GPU (dequantized, seconds: --torch-rows; every text) and then by llama.cpp on
+  # the host CPU after its F16 baseline, WikiText-2 and KL only (~3 min a row; Q4_0, measured in session 10, last)
   assemble || exit 1
   rm -rf /tmp/ref; mkdir -p /tmp/ref /tmp/out_ref; touch /tmp/recipe.done  # no recipe in this lease
   CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref setsid nohup bash -c 'bash benchmarks/gpu_reference.sh model
       bash benchmarks/gpu_reference.sh rows "A bf16 32 0" "Bud budget 64 0"' > /tmp/gpu0.log 2>&1 &
-  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref LLAMA_TYPES=q4_k_m,q4_1,q4_0 TORCH_ROWS=1 THREADS=14 \
+  CUDA_VISIBLE_DEVICES=0 OUT=/tmp/out_ref LLAMA_TYPES=q4_k_m,q4_1,q4_0 TORCH_ROWS=1 LLAMA_WIKI_ONLY=1 \
+    THREADS=14 \
     setsid nohup bash benchmarks/gpu_reference.sh llama > /tmp/llama0.log 2>&1 &
   sleep ${WAIT_S:-400}; bash "$0" status ;;
 poll)
