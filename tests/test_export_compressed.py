@@ -81,7 +81,7 @@ def test_bf16_checkpoint_reports_exactly_the_weight_change_of_its_scales(tmp_pat
 
 
 def test_budget_kept_layers_go_to_the_ignore_list(tmp_path, tiny_model, tokenizer):
-    cfg = make_config(method="gptq", bits_budget=5.0, calib_samples=16, calib_seqlen=128)
+    cfg = make_config(method="gptq", bits_budget=5.0, sym=False, calib_samples=16, calib_seqlen=128)
     art = Path(quantize(str(tiny_model), cfg, tmp_path / "b5", device="cpu", measure_quality=False).output)
     result = export_compressed_tensors(art, tmp_path / "ct")
     widths = json.loads((art / "compress.json").read_text())["config"]["backend"]["budget"]["widths"]
@@ -89,7 +89,7 @@ def test_budget_kept_layers_go_to_the_ignore_list(tmp_path, tiny_model, tokenize
     assert kept, "the budget kept no layer: the test needs one"
     qc = json.loads((Path(result.output) / "config.json").read_text())["quantization_config"]
     assert qc["ignore"] == sorted(kept + ["lm_head"])
-    # asym (the default): the same codes, scales and zeros in another packing, kept weights as they are
+    # asym: the same codes, scales and zeros in another packing, kept weights as they are
     assert result.bits_per_weight["bits_per_weight"] == bits_per_weight(art)["bits_per_weight"]
     expect = logits(dequantized_reference(art), probe_ids(tokenizer))
     assert relative_error(_ct_logits(Path(result.output), tokenizer), expect) < 1e-6
