@@ -3,7 +3,7 @@
 `llama_model_quantize` falls back to another type for a tensor whose row width its block does not divide (K-quants
 need multiples of 256; SmolLM2's 576-wide layers are not), and says so only in its log. This reads every run in a
 log (one per `[   1/ N]` restart) and reports, for the decoder's Linear weights, the types it wrote and their bits
-per weight (each type's block size: Q4_0 4.5, Q4_1 5.0, Q5_0 5.5, Q8_0 8.5, Q4_K 4.5, Q5_K 5.5, Q6_K 6.5625).
+per weight (each type's block bytes over block weights, from gguf's GGML_QUANT_SIZES: Q4_0 4.5, Q6_K 6.5625, ...).
 
     python benchmarks/llamacpp_quant_log.py LOG [--out JSON]
 """
@@ -15,8 +15,6 @@ import json
 import re
 from collections import Counter
 
-BITS = {"q4_0": 4.5, "q4_1": 5.0, "q5_0": 5.5, "q5_1": 6.0, "q8_0": 8.5, "q4_K": 4.5, "q5_K": 5.5, "q6_K": 6.5625,
-        "f16": 16.0, "bf16": 16.0, "f32": 32.0}
 LINE = re.compile(r"\[\s*(\d+)/\s*\d+\]\s+(\S+)\s+- \[\s*([\d,\s]+)\], type =\s+(\S+),(?: converting to (\S+))?")
 LINEAR = re.compile(r"blk\.\d+\.(attn_(q|k|v|output)|ffn_(gate|up|down))\.weight")
 
@@ -37,11 +35,19 @@ def runs(text: str) -> list[dict]:
     return [summary(r) for r in out]
 
 
+def bits(llama_type: str) -> float:
+    """Bits per weight of a llama.cpp type as its log names it ("q4_K", "f16")."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[llama_type.upper()]]
+    return 8 * nbytes / block
+
+
 def summary(tensors: list[tuple[str, int, str]]) -> dict:
     linear = [(n, t) for name, n, t in tensors if LINEAR.fullmatch(name)]
     params = sum(n for n, _ in linear)
     return {"linear_types": dict(Counter(t for _, t in linear)),
-            "linear_bits_per_weight": round(sum(n * BITS[t] for n, t in linear) / params, 4),
+            "linear_bits_per_weight": round(sum(n * bits(t) for n, t in linear) / params, 4),
             "tensor_types": dict(Counter(t for _, _, t in tensors))}
 
 

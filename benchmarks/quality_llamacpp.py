@@ -84,10 +84,10 @@ def main() -> None:
                   created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=dict(spec=args.model),
                   device=f"llama.cpp CPU, {args.threads} threads", hardware=runtime.hardware(),
                   settings={k: v for k, v in vars(args).items() if k != "out"}, rows=rows, complete=False)
-    torch_rows = [(f"{n}-torch", p, s) for n, (p, s) in files.items() if args.torch_rows and n.startswith(
-        "llamacpp-q")]
-    for name, path, made_s in torch_rows + [(n, p, s) for n, (p, s) in files.items()]:
-        score = score_torch if name.endswith("-torch") else score_file
+    jobs = [(f"{n}-torch", p, s, score_torch) for n, (p, s) in files.items()
+            if args.torch_rows and n.startswith("llamacpp-q")]
+    jobs += [(n, p, s, score_file) for n, (p, s) in files.items()]
+    for name, path, made_s, score in jobs:
         rows.append(score(name, path, made_s, streams, kl_ids, source, tok, args))
         print(json.dumps(rows[-1]), flush=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

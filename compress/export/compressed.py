@@ -54,7 +54,7 @@ def export_compressed_tensors(artifact: str | os.PathLike, output: str | os.Path
         raise CompressError(f"{src.method or 'unquantized'} checkpoints are not exported to compressed-tensors: "
                             "it takes GPTQ-format artifacts (--method gptq, rtn or autoround)")
     bits, group, sym = check_gptq_layout(src)
-    bf16 = config_dtype(src.config) == "bfloat16"  # loaders cast scales to the checkpoint's dtype: store them so
+    bf16 = config_dtype(src.config) == "bfloat16"  # loaders cast scales to it: the export stores them in bf16
     tensors, ignore, worst = _tensors(src, bits, group, sym, bf16)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
