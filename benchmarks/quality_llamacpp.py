@@ -9,7 +9,9 @@ Rows, each a GGUF file run by llama.cpp (llama-cpp-python):
 - `llamacpp-TYPE-torch` with --torch-rows: each llama.cpp quantization dequantized by transformers' GGUF loader
   (compress.models, cached as bf16) and scored in PyTorch on --device, first: the format's weights without
   llama.cpp's runtime (which rounds activations to 8 bits in its dot products), in seconds on a GPU where
-  llama.cpp's CPU rows take minutes each.
+  llama.cpp's CPU rows take minutes each (--torch-only: those rows alone);
+- `--llama-dense-type q8_0` names them `llamacpp-TYPE-dense-q8_0`: llama.cpp's quantizations with the embedding and
+  head at Q8_0, as our exports write them with --dense-type q8_0, so that only the decoder's Linear layers differ.
 
 Scoring matches quality_table.py exactly: the texts are tokenized once with the source's HF tokenizer
 (compress.data.tokenize_stream), cut by compress.evaluate.perplexity.score_stream into the same disjoint windows,
@@ -39,6 +41,7 @@ from compress import runtime
 from compress.data import load_texts, tokenize_stream
 from compress.evaluate.perplexity import kl_to_source, score_stream
 from compress.models import checkpoint_dir, load_causal_lm, load_tokenizer, resolve
+from cpu_decode import lscpu_flags  # benchmarks/ is on sys.path when this script runs
 
 LINEAR_SUFFIXES = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight", "ffn_gate.weight",
                    "ffn_up.weight", "ffn_down.weight")
@@ -59,7 +62,12 @@ def main() -> None:
     ap.add_argument("--llama-types", default="q4_0,q4_k_m", help="llama.cpp's own quantizations of the F16 export")
     ap.add_argument("--dense-type", default="f16", choices=["f16", "q8_0"],
                     help="how our exports write the unquantized embedding/head (q8_0: as llama.cpp's Q4_0 does)")
+    ap.add_argument("--llama-dense-type", default="auto", choices=["auto", "q8_0"],
+                    help="the embedding and head of llama.cpp's quantizations: its own choice (auto: Q4_0 writes the "
+                    "embedding Q4_0 and the head Q6_K) or q8_0, as --dense-type q8_0 writes ours")
     ap.add_argument("--torch-rows", action="store_true", help="also score llama.cpp's files in PyTorch (first)")
+    ap.add_argument("--torch-only", action="store_true",
+                    help="only those PyTorch rows: no llama.cpp runner (minutes per row on a small CPU)")
     ap.add_argument("--llama-wikitext-only", action="store_true",
                     help="llama.cpp rows score WikiText-2 (and KL) only: ~half the CPU time; PyTorch rows score all")
     ap.add_argument("--work", required=True)
@@ -82,11 +90,11 @@ def main() -> None:
     rows: list[dict] = []
     result = dict(benchmark="quality_table", runner="llama.cpp", llama_cpp_python=llama_cpp.__version__,
                   created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=dict(spec=args.model),
-                  device=f"llama.cpp CPU, {args.threads} threads", hardware=runtime.hardware(),
+                  device=f"llama.cpp CPU, {args.threads} threads", hardware=runtime.hardware(), cpu=lscpu_flags(),
                   settings={k: v for k, v in vars(args).items() if k != "out"}, rows=rows, complete=False)
     jobs = [(f"{n}-torch", p, s, score_torch) for n, (p, s) in files.items()
-            if args.torch_rows and n.startswith("llamacpp-q")]
-    jobs += [(n, p, s, score_file) for n, (p, s) in files.items()]
+            if (args.torch_rows or args.torch_only) and n.startswith("llamacpp-q")]
+    jobs += [] if args.torch_only else [(n, p, s, score_file) for n, (p, s) in files.items()]
     for name, path, made_s, score in jobs:
         rows.append(score(name, path, made_s, streams, kl_ids, source, tok, args))
         print(json.dumps(rows[-1]), flush=True)
@@ -104,11 +112,13 @@ def build_files(src, args, work: Path) -> dict[str, tuple[str, float]]:
     f16 = work / "source-f16.gguf"
     export_gguf(src, f16, overwrite=True)
     files["llamacpp-f16"] = (str(f16), time.perf_counter() - t0)
+    suffix = "" if args.llama_dense_type == "auto" else f"-dense-{args.llama_dense_type}"
     for kind in args.llama_types.split(","):
-        name, ftype = f"llamacpp-{kind}", f"LLAMA_FTYPE_MOSTLY_{kind.upper()}"
+        name, ftype = f"llamacpp-{kind}{suffix}", f"LLAMA_FTYPE_MOSTLY_{kind.upper()}"
         t0 = time.perf_counter()
         out = work / f"{name}.gguf"
-        files[name] = (str(out) if llama_quantize(str(f16), str(out), ftype) else f"failed: {ftype}",
+        made = llama_quantize(str(f16), str(out), ftype, args.llama_dense_type)
+        files[name] = (str(out) if made else f"failed: {ftype}",
                        time.perf_counter() - t0)
     for spec in args.artifact:
         name, path = spec.split("=", 1)
@@ -122,11 +132,13 @@ def build_files(src, args, work: Path) -> dict[str, tuple[str, float]]:
     return files
 
 
-def llama_quantize(f16: str, out: str, ftype: str) -> bool:
+def llama_quantize(f16: str, out: str, ftype: str, dense: str = "auto") -> bool:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, ftype)
+    if dense != "auto":
+        params.token_embedding_type = params.output_tensor_type = getattr(llama_cpp, f"GGML_TYPE_{dense.upper()}")
     return llama_cpp.llama_model_quantize(f16.encode(), out.encode(), params) == 0
 
 

@@ -49,6 +49,7 @@ from compress.evaluate.perplexity import kl_to_source, perplexity
 from compress.models import checkpoint_dir, load_causal_lm, load_tokenizer, resolve
 from compress.quantize import make_config, quantize
 from compress.quantize.budget import decoder_linears
+from cpu_decode import lscpu_flags  # benchmarks/ is on sys.path when this script runs
 
 OLD = dict(sym=True, mse=0.0, calib="builtin")  # `compress quantize --method gptq` defaults until session 8
 CANDIDATES = {  # one change each from the old defaults (issue 16's open defaults), then the combination
@@ -100,7 +101,7 @@ def main() -> None:
     model_info = dict(spec=str(model_spec), q41_grid_share=q41_grid_share(source))
     rows: list[dict] = []
     result = dict(benchmark="quality_table", created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  model=model_info, device=device, hardware=runtime.hardware(), versions=versions(),
+                  model=model_info, device=device, hardware=runtime.hardware(), cpu=lscpu_flags(), versions=versions(),
                   settings={k: v for k, v in vars(args).items() if k != "out"}, rows=rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for row in args.rows.split(","):

@@ -85,22 +85,28 @@ def smollm2_gguf() -> Path | None:
 
 
 def train_tiny_llama(path: str | Path, texts: list[str], tokenizer, steps: int = 300, seq_len: int = 128,
-                     batch_size: int = 16, lr: float = 3e-3, seed: int = 0, **config_kwargs) -> Path:
+                     batch_size: int = 16, lr: float = 3e-3, seed: int = 0, n_blocks: int | None = None,
+                     progress: bool = False, **config_kwargs) -> Path:
     """Build a tiny Llama (`build_tiny_llama`), train it on `texts` for `steps` AdamW steps (fixed seed,
-    cosine decay) and save it to `path`: a model with trained weights, off any quantization grid."""
+    cosine decay) and save it to `path`: a model with trained weights, off any quantization grid. Batches are
+    drawn from `n_blocks` windows of the text (default steps x batch / 4); `progress` shows a bar with the loss."""
+    from tqdm import tqdm
     from transformers import LlamaForCausalLM
 
     from compress.data import token_blocks
 
     path = build_tiny_llama(path, seed=seed, tokenizer=tokenizer, **config_kwargs)
     model = LlamaForCausalLM.from_pretrained(path).train()
-    ids = token_blocks(tokenizer, texts, steps * batch_size // 4, seq_len, seed, source="training text")  # [n, S]
+    n_blocks = n_blocks or steps * batch_size // 4
+    ids = token_blocks(tokenizer, texts, n_blocks, seq_len, seed, source="training text")  # [n, S]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+    bar = tqdm(range(steps), desc="training", disable=not progress)
+    for _ in bar:
         batch = ids[torch.randint(len(ids), (batch_size,), generator=gen)]
         loss = model(batch, labels=batch).loss
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
