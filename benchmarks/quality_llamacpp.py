@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.torch_only and args.artifact:
+        ap.error("--torch-only scores llama.cpp's own quantizations; --artifact exports are scored by llama.cpp")
     import llama_cpp
 
     work = Path(args.work)
