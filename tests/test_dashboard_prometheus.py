@@ -93,19 +93,27 @@ def test_prometheus_scrapes_the_server_and_records_cost_per_request(tmp_path, ti
             assert r.status_code == 200
             cost[tier].append(float(r.headers["x-compress-cost"]))
         _wait(lambda: _served(prom) == {"tiny-a": 7, "tiny-b": 7})
-        time.sleep(2)  # the recording rule evaluated over that sample (evaluation_interval 1 s)
+        # The recording rule must have been evaluated over that sample: a busy machine delays evaluations as well
+        # as scrapes, and a rule read from before it averages only part of the traffic. So wait on the rule's own
+        # timestamps (one evaluation interval past the sample), not on the clock.
+        full_at = max(float(x["value"][1]) for x in _query(prom, 'timestamp(compress_requests_total{status="200"})'))
         q = "tier:compress_cost_per_request:ratio_rate5m"
-        got = _wait(lambda: {x["metric"]["tier"]: float(x["value"][1]) for x in _query(prom, q)}
-                    if len(_query(prom, q)) == 2 else None)
+        _wait(lambda: len(ts := _query(prom, f"timestamp({q})")) == 2
+              and min(float(x["value"][1]) for x in ts) > full_at + 1)
+        got = {x["metric"]["tier"]: float(x["value"][1]) for x in _query(prom, q)}
         # Exact: the counters Prometheus scraped hold what the server reported, request by request.
         lifetime = {x["metric"]["tier"]: float(x["value"][1]) for x in _query(
             prom, 'sum by (tier) (compress_cost_total) / sum by (tier) (compress_requests_total{status="200"})')}
         for tier, costs in cost.items():
             everything = [warm[tier], *costs]
             assert lifetime[tier] == pytest.approx(sum(everything) / len(everything), rel=1e-6), (tier, lifetime)
-            # The recording rule (rate over 5 m) is the measured traffic's mean up to rate()'s extrapolation,
-            # which near a series' birth stretches cost and request counts by different factors (a few %).
-            assert got[tier] == pytest.approx(sum(costs) / len(costs), rel=0.1), (tier, got, costs)
+            # The recording rule (rate over 5 m) is the measured traffic's mean up to rate()'s extrapolation. Both
+            # counters are born inside its window, and rate() extrapolates each toward zero by its own first-value /
+            # increase ratio, by up to half the sampled span: with few samples (a busy machine) the two counters
+            # stretch differently and the ratio moves by tens of percent (CI saw +25%). So here the rule is present
+            # per tier and of the traffic's size; its arithmetic is checked exactly by promtool's unit tests
+            # (compress-rules.test.yml), and the scraped counters exactly above.
+            assert 0.5 < got[tier] / (sum(costs) / len(costs)) < 1.5, (tier, got, costs)
         p95 = _query(prom, "tier_class:compress_e2e_latency_seconds:p95_5m")
         assert {(x["metric"]["tier"], x["metric"]["class"]) for x in p95} >= {("tiny-a", "interactive")}
         # The weekly review reads the same figures from Prometheus (increase() per step, so approximate).
